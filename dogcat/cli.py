@@ -1,0 +1,171 @@
+"""`dogcat` command line: thin wrappers over the library; heavy imports happen per command."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import glob
+import json
+import os
+import sys
+from pathlib import Path
+
+# TensorFlow's C++ start-up chatter is noise for CLI users; errors still show. Set before any import of keras.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+EXIT_USAGE = 2
+EXIT_FILE_ERRORS = 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    from dogcat.artifacts import ArtifactError
+    from dogcat.config import ConfigError
+    from dogcat.data import DataError
+    from dogcat.preprocessing import ImageError
+
+    try:
+        return args.handler(args)
+    except (ArtifactError, ConfigError, DataError, ImageError) as error:
+        print(f"dogcat: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("dogcat: interrupted", file=sys.stderr)
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dogcat", description="Dog-vs-cat image classifier (MobileNetV2, Keras 3).")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    data = commands.add_parser("data", help="dataset commands").add_subparsers(required=True, metavar="COMMAND")
+    prepare = data.add_parser("prepare", help="check, sample, split and copy a folder of labelled photos")
+    prepare.add_argument("src", type=Path, help="Kaggle flat folder (cat.N.jpg), PetImages (Cat/, Dog/) or class sub-folders")
+    prepare.add_argument("out", type=Path, help="output folder: {train,val,test}/{cat,dog}/ and manifest.csv")
+    prepare.add_argument("--per-class", type=int, default=2000, help="images per class (default: 2000)")
+    prepare.add_argument("--seed", type=int, default=42, help="sampling and split seed (default: 42)")
+    prepare.add_argument("--split", type=float, nargs=3, default=(0.8, 0.1, 0.1), metavar=("TRAIN", "VAL", "TEST"))
+    prepare.add_argument("--quiet", action="store_true", help="no progress bar")
+    prepare.set_defaults(handler=_prepare)
+
+    train = commands.add_parser("train", help="fine-tune the classifier; rerun with the same --run-dir to resume")
+    train.add_argument("--config", type=Path, help="TOML config (default: built-in defaults, same as configs/default.toml)")
+    train.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.epochs=3 data.dir=data/x")
+    train.add_argument("--run-dir", type=Path, help="run folder (default: <train.output_dir>/<UTC time>)")
+    train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="score a model on a labelled split")
+    evaluate.add_argument("model", type=Path, help=".keras file (class_names.pkl beside it)")
+    evaluate.add_argument("data", type=Path, help="prepared dataset folder, or a folder of labelled images")
+    evaluate.add_argument("--split", default="test", help="split in the manifest (default: test)")
+    evaluate.add_argument("--out", type=Path, help="write metrics.json and confusion_matrix.png here")
+    evaluate.set_defaults(handler=_evaluate)
+
+    predict = commands.add_parser("predict", help="classify image files, folders or globs")
+    predict.add_argument("paths", nargs="+", help="files, folders (searched recursively) or glob patterns")
+    predict.add_argument("--model", type=Path, help="a .keras file (default: the shipped model)")
+    output = predict.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="JSON lines, one object per image")
+    output.add_argument("--csv", action="store_true", help="CSV with a header row")
+    predict.set_defaults(handler=_predict)
+    return parser
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from dogcat.data import prepare
+
+    report = prepare(args.src, args.out, per_class=args.per_class, seed=args.seed,
+                     fractions=tuple(args.split), progress=not args.quiet)
+    print(report.summary())
+    return 0
+
+
+def _train(args: argparse.Namespace) -> int:
+    from dogcat.config import load_config
+    from dogcat.train import TrainError, train
+
+    run_dir = args.run_dir
+    config_path = args.config
+    if config_path is None and run_dir is not None and (run_dir / "config.toml").is_file():
+        config_path = run_dir / "config.toml"  # resuming: the run's own config is the default
+    config = load_config(config_path, args.overrides)
+    try:
+        train(config, run_dir)
+    except TrainError as error:
+        print(f"dogcat: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        where = run_dir or "the run folder printed above"
+        print(f"dogcat: interrupted; run the same command with --run-dir {where} to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from dogcat.evaluate import evaluate, format_metrics
+    from dogcat.inference import Classifier
+
+    metrics = evaluate(Classifier.from_path(args.model), args.data, args.split, args.out)
+    print(format_metrics(metrics))
+    for skipped in metrics["skipped"]:
+        print(f"dogcat: skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from dogcat.inference import Classifier, Prediction
+
+    sources, missing = expand_paths(args.paths)
+    classifier = Classifier.from_path(args.model)
+    names = list(classifier.class_names.values())
+    results = classifier.predict(sources) + [Prediction(m, error="no such file") for m in missing]
+    if args.json:
+        for result in results:
+            print(json.dumps({"path": result.source, "label": result.label,
+                              "probabilities": result.probabilities, "error": result.error}))
+    elif args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["path", "label", *(f"p_{n}" for n in names), "error"])
+        for result in results:
+            probabilities = [f"{result.probabilities[n]:.6f}" for n in names] if result.probabilities else [""] * len(names)
+            writer.writerow([result.source, result.label or "", *probabilities, result.error or ""])
+    else:
+        width = max(len(r.source) for r in results)
+        print(f"{'path':<{width}}  {'label':<5}  " + "  ".join(f"p({n})" for n in names))
+        for result in results:
+            if result.error:
+                print(f"{result.source:<{width}}  error: {result.error}")
+            else:
+                print(f"{result.source:<{width}}  {result.label:<5}  "
+                      + "  ".join(f"{result.probabilities[n]:{len(n) + 3}.4f}" for n in names))
+    failed = [r for r in results if r.error]
+    for result in failed:
+        print(f"dogcat: error: {result.source}: {result.error}", file=sys.stderr)
+    return EXIT_FILE_ERRORS if failed else 0
+
+
+def expand_paths(patterns: list[str]) -> tuple[list[str], list[str]]:
+    """Files as given, folders searched recursively for images, globs expanded; returns (found, missing)."""
+    from dogcat.data import IMAGE_SUFFIXES
+
+    found: list[str] = []
+    missing: list[str] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if path.is_dir():
+            found.extend(str(p) for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.exists():
+            found.append(pattern)
+        elif glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern, recursive=True))
+            found.extend(m for m in matches if Path(m).is_file())
+            if not matches:
+                missing.append(pattern)
+        else:
+            missing.append(pattern)
+    return found, missing
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The run configuration: defaults in one place, a TOML file on top, `key=value` flags on top of that.
+
+Sections and keys are fixed by the dataclasses below, so a typo in a config file or a flag is an
+error, not a silently ignored setting. The resolved config is written next to every run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class DataConfig:
+    dir: str = "data/dogcat-4k"  # output of `dogcat data prepare`
+    image_size: int = 224
+
+
+@dataclass
+class ModelConfig:
+    weights: str = "imagenet"  # "imagenet", "none", or a path to a MobileNetV2 no-top weights file
+    fine_tune_blocks: int = 1  # how many of MobileNetV2's last inverted-residual blocks to train
+    dense_units: int = 128
+    dropout: float = 0.2
+    flip: str = "horizontal"  # RandomFlip mode; "none" disables
+    rotation: float = 0.05  # RandomRotation factor, a fraction of a full turn (0.05 = +/-18 deg)
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 42
+    epochs: int = 10  # total, head-only epochs included
+    head_epochs: int = 2  # epochs with the whole base frozen before fine-tuning starts
+    batch_size: int = 32
+    learning_rate: float = 1e-3  # head-only phase
+    fine_tune_learning_rate: float = 1e-4  # small, so the pretrained block is nudged, not wrecked
+    early_stopping_patience: int = 3  # epochs without val_loss improvement; 0 disables
+    output_dir: str = "runs"
+
+
+@dataclass
+class PredictConfig:
+    threshold: float = 0.6  # below this top probability the apps say "not sure"
+    batch_size: int = 32
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        lines: list[str] = []
+        for section, values in self.to_dict().items():
+            lines.append(f"[{section}]")
+            lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+            lines.append("")
+        return "\n".join(lines)
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the schema."""
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then the TOML file at `path` (if any), then `section.key=value` overrides."""
+    config = Config()
+    if path is not None:
+        path = Path(path)
+        try:
+            table = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"Config file not found. Received: path={str(path)!r}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"Config file is not valid TOML ({error}). Received: path={str(path)!r}") from None
+        for section, values in table.items():
+            if not isinstance(values, dict):
+                raise ConfigError(f"Top-level keys must be [sections]. Received: {section}={values!r}")
+            for key, value in values.items():
+                _set(config, section, key, value)
+    for override in overrides:
+        dotted, sep, raw = override.partition("=")
+        section, dot, key = dotted.strip().partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"Overrides look like section.key=value. Received: override={override!r}")
+        _set(config, section, key, _parse_value(raw.strip()))
+    return config
+
+
+def _set(config: Config, section: str, key: str, value: Any) -> None:
+    sections = {f.name for f in dataclasses.fields(config)}
+    if section not in sections:
+        raise ConfigError(f"Unknown config section; expected one of {sorted(sections)}. Received: section={section!r}")
+    target = getattr(config, section)
+    fields = {f.name: f for f in dataclasses.fields(target)}
+    if key not in fields:
+        raise ConfigError(
+            f"Unknown key in [{section}]; expected one of {sorted(fields)}. Received: key={key!r}"
+        )
+    expected = type(getattr(target, key))
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not expected:
+        raise ConfigError(
+            f"{section}.{key} must be {expected.__name__}. Received: {section}.{key}={value!r}"
+        )
+    setattr(target, key, value)
+
+
+def _parse_value(raw: str) -> Any:
+    """A flag value is read as a TOML value (`3`, `1e-4`, `true`, `"x"`); anything else is a string."""
+    try:
+        return tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -1,0 +1,220 @@
+"""`dogcat data prepare`: a folder of labelled photos -> a checked, balanced, split dataset.
+
+Every file is decoded (with the same loader as training and serving); empty, truncated,
+non-image and exact-duplicate files are skipped with the reason. A balanced subset is drawn
+with a seeded generator from the sorted list of good files, split per class (stratified), and
+copied byte for byte to OUT/{train,val,test}/{cat,dog}/, with OUT/manifest.csv describing it.
+The same input and seed give a byte-identical manifest.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from dogcat.artifacts import CLASS_NAMES, write_text_atomic
+from dogcat.preprocessing import ImageError, load_image
+
+LABELS = tuple(CLASS_NAMES.values())  # ("cat", "dog"), index = class id
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLITS = ("train", "val", "test")
+MANIFEST_FIELDS = ("path", "label", "split", "sha256", "width", "height")
+
+
+class DataError(ValueError):
+    """A source folder that cannot give the requested dataset."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    source: Path
+    label: str
+
+
+@dataclass(frozen=True)
+class GoodImage:
+    source: Path
+    label: str
+    sha256: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class Skipped:
+    source: Path
+    reason: str
+
+
+@dataclass
+class PrepareReport:
+    found: dict[str, int]
+    skipped: list[Skipped]
+    written: dict[str, dict[str, int]]  # split -> label -> count
+    manifest: Path
+
+    def summary(self) -> str:
+        lines = [f"found: {', '.join(f'{n} {label}' for label, n in self.found.items())}"]
+        lines.append(f"skipped: {len(self.skipped)}")
+        lines.extend(f"  {s.source}: {s.reason}" for s in self.skipped)
+        for split, counts in self.written.items():
+            lines.append(f"{split}: {', '.join(f'{n} {label}' for label, n in counts.items())}")
+        lines.append(f"manifest: {self.manifest}")
+        return "\n".join(lines)
+
+
+def find_candidates(src: str | Path) -> list[Candidate]:
+    """Labelled image files under `src`, sorted by path.
+
+    Layouts: Kaggle flat (`cat.1.jpg`, `dog.1.jpg`), Microsoft PetImages (`Cat/`, `Dog/`), or any
+    class sub-folders whose names are the labels (case and a plural `s` are ignored).
+    """
+    src = Path(src)
+    if not src.is_dir():
+        raise DataError(f"Source folder not found. Received: src={str(src)!r}")
+    candidates = []
+    for path in sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+        label = _label_from_name(path.name.split(".")[0]) if path.parent == src else None
+        if label is None:
+            # the nearest enclosing folder below src that names a class
+            for parent in path.relative_to(src).parents:
+                label = _label_from_name(parent.name)
+                if label:
+                    break
+        if label:
+            candidates.append(Candidate(path, label))
+    if not candidates:
+        raise DataError(
+            f"No labelled images found: expected cat.N.jpg / dog.N.jpg files or cat/ and dog/ sub-folders. "
+            f"Received: src={str(src)!r}"
+        )
+    return candidates
+
+
+def _label_from_name(name: str) -> str | None:
+    name = name.lower()
+    for label in LABELS:
+        if name in (label, label + "s"):
+            return label
+    return None
+
+
+def check_image(candidate: Candidate) -> GoodImage | Skipped:
+    """Decode the whole file; a file we could not serve is a file we do not train on."""
+    data = candidate.source.read_bytes()
+    if not data:
+        return Skipped(candidate.source, "empty file")
+    try:
+        image = load_image(io.BytesIO(data))
+    except ImageError as error:
+        return Skipped(candidate.source, str(error).removeprefix("image: "))
+    return GoodImage(candidate.source, candidate.label, hashlib.sha256(data).hexdigest(), *image.size)
+
+
+def prepare(
+    src: str | Path,
+    out: str | Path,
+    per_class: int = 2000,
+    seed: int = 42,
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    progress: bool = True,
+) -> PrepareReport:
+    """Check, sample, split and copy; see the module docstring."""
+    if per_class < len(SPLITS):
+        raise DataError(f"per_class must be at least {len(SPLITS)}. Received: per_class={per_class}")
+    if len(fractions) != 3 or min(fractions) <= 0 or abs(sum(fractions) - 1) > 1e-9:
+        raise DataError(f"Split fractions must be three positive numbers summing to 1. Received: fractions={fractions}")
+    src, out = Path(src), Path(out)
+    candidates = find_candidates(src)
+    found = {label: sum(c.label == label for c in candidates) for label in LABELS}
+
+    good: list[GoodImage] = []
+    skipped: list[Skipped] = []
+    seen: dict[str, Path] = {}
+    for candidate in tqdm(candidates, desc="checking images", unit="img", disable=not progress):
+        result = check_image(candidate)
+        if isinstance(result, GoodImage) and result.sha256 in seen:
+            result = Skipped(candidate.source, f"duplicate of {seen[result.sha256]}")
+        if isinstance(result, Skipped):
+            skipped.append(result)
+        else:
+            seen[result.sha256] = result.source
+            good.append(result)
+
+    rng = np.random.default_rng(seed)
+    rows: list[dict[str, object]] = []
+    written: dict[str, dict[str, int]] = {split: {} for split in SPLITS}
+    if out.exists() and any(out.iterdir()):
+        if not (out / "manifest.csv").is_file():
+            raise DataError(f"Output folder exists and is not a dogcat dataset; refusing to overwrite it. Received: out={str(out)!r}")
+        for split in SPLITS:
+            shutil.rmtree(out / split, ignore_errors=True)
+    for label in LABELS:
+        pool = [g for g in good if g.label == label]
+        if len(pool) < per_class:
+            raise DataError(
+                f"Only {len(pool)} usable {label} images in {src}, fewer than the {per_class} asked for "
+                f"(lower --per-class). Received: per_class={per_class}"
+            )
+        chosen = [pool[i] for i in rng.permutation(len(pool))[:per_class]]
+        n_train = round(per_class * fractions[0])
+        n_val = round(per_class * fractions[1])
+        bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, per_class)}
+        for split, (start, stop) in bounds.items():
+            names: set[str] = set()
+            for image in chosen[start:stop]:
+                name = image.source.name
+                if name in names:  # same file name in two source folders
+                    name = f"{image.source.stem}.{image.sha256[:8]}{image.source.suffix}"
+                names.add(name)
+                relative = Path(split) / label / name
+                (out / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(image.source, out / relative)
+                rows.append({
+                    "path": relative.as_posix(), "label": label, "split": split,
+                    "sha256": image.sha256, "width": image.width, "height": image.height,
+                })
+            written[split][label] = stop - start
+
+    rows.sort(key=lambda row: (SPLITS.index(str(row["split"])), str(row["label"]), str(row["path"])))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    manifest = out / "manifest.csv"
+    write_text_atomic(manifest, buffer.getvalue())
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["path", "reason"])
+    writer.writerows([s.source.relative_to(src).as_posix(), s.reason] for s in skipped)
+    write_text_atomic(out / "skipped.csv", buffer.getvalue())
+    return PrepareReport(found, skipped, written, manifest)
+
+
+@dataclass(frozen=True)
+class Split:
+    paths: list[Path]
+    labels: np.ndarray  # int class ids
+
+
+def read_split(data_dir: str | Path, split: str) -> Split:
+    """The files and labels of one split, from `manifest.csv` (or the folder tree if there is none)."""
+    data_dir = Path(data_dir)
+    manifest = data_dir / "manifest.csv"
+    if manifest.is_file():
+        with manifest.open(newline="", encoding="utf-8") as handle:
+            rows = [row for row in csv.DictReader(handle) if row["split"] == split]
+        pairs = [(data_dir / row["path"], LABELS.index(row["label"])) for row in rows]
+    else:
+        root = data_dir / split if (data_dir / split).is_dir() else data_dir
+        pairs = [(c.source, LABELS.index(c.label)) for c in find_candidates(root)]
+    if not pairs:
+        raise DataError(f"No images for split {split!r}. Received: data_dir={str(data_dir)!r}")
+    return Split([p for p, _ in pairs], np.array([label for _, label in pairs], dtype=np.int32))

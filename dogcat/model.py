@@ -1,0 +1,122 @@
+"""The classifier: MobileNetV2 features and a small head, taking float32 images in [0, 1].
+
+The model owns everything between a [0, 1] image and the probabilities: augmentation (active
+only in training), MobileNetV2's scaling to [-1, 1], the base (always called with
+training=False so BatchNorm keeps its ImageNet statistics while the last blocks fine-tune),
+and the head. Callers never scale pixels themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import keras
+
+from dogcat.artifacts import ArtifactError
+from dogcat.config import ModelConfig
+
+BASE_NAME = "mobilenet_v2"  # fixed, so it does not depend on image size
+IMAGENET_WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+NUM_MOBILENET_BLOCKS = 16  # inverted-residual blocks block_1 .. block_16
+
+
+def keras_cache_dir() -> Path:
+    return Path(os.environ.get("KERAS_HOME", Path.home() / ".keras")) / "models"
+
+
+def build_model(config: ModelConfig, image_size: int = 224, num_classes: int = 2, seed: int | None = None) -> keras.Model:
+    """Build the classifier with the base frozen except its last `config.fine_tune_blocks` blocks."""
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = inputs
+    if config.flip != "none":
+        x = keras.layers.RandomFlip(config.flip, seed=seed, name="random_flip")(x)
+    if config.rotation > 0:
+        x = keras.layers.RandomRotation(config.rotation, fill_mode="reflect", seed=seed, name="random_rotation")(x)
+    x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_mobilenet_range")(x)  # [0, 1] -> [-1, 1]
+    base = _mobilenet_v2(config.weights, image_size)
+    x = base(x, training=False)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.Dense(config.dense_units, activation="relu", name="dense")(x)
+    x = keras.layers.Dropout(config.dropout, seed=seed, name="dropout")(x)
+    outputs = keras.layers.Dense(num_classes, activation="softmax", name="probabilities", dtype="float32")(x)
+    model = keras.Model(inputs, outputs, name="dogcat")
+    set_fine_tuning(model, config.fine_tune_blocks)
+    return model
+
+
+def _mobilenet_v2(weights: str, image_size: int) -> keras.Model:
+    if weights.lower() == "none":
+        weights_path = None
+    elif weights == "imagenet":
+        weights_path = imagenet_weights_path()
+    elif Path(weights).is_file():
+        weights_path = weights
+    else:
+        raise ArtifactError(f"MobileNetV2 weights must be 'imagenet', 'none' or an existing file. Received: weights={weights!r}")
+    # The no-top convolution weights do not depend on the input size, so the 224-px file serves
+    # every size (Keras itself would look for a per-size file that this project does not need).
+    return keras.applications.MobileNetV2(
+        input_shape=(image_size, image_size, 3), include_top=False, weights=weights_path, name=BASE_NAME
+    )
+
+
+def imagenet_weights_path() -> str:
+    """The MobileNetV2 ImageNet no-top weights: from the Keras cache, else downloaded by Keras."""
+    cached = keras_cache_dir() / IMAGENET_WEIGHTS_FILE
+    if cached.is_file():
+        return str(cached)
+    from keras.src.applications.mobilenet_v2 import BASE_WEIGHT_PATH
+
+    try:
+        return keras.utils.get_file(IMAGENET_WEIGHTS_FILE, BASE_WEIGHT_PATH + IMAGENET_WEIGHTS_FILE, cache_subdir="models")
+    except Exception as error:
+        raise ArtifactError(
+            f"MobileNetV2 ImageNet weights are missing and could not be downloaded ({_first_line(error)}). "
+            f"Put {IMAGENET_WEIGHTS_FILE} in {keras_cache_dir()} (or set KERAS_HOME), or use model.weights=none. "
+            f"Received: weights='imagenet'"
+        ) from None
+
+
+def _first_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0][:200] if lines else type(error).__name__
+
+
+def set_fine_tuning(model: keras.Model, fine_tune_blocks: int) -> None:
+    """Freeze the base, then unfreeze its last `fine_tune_blocks` blocks and the final 1x1 conv.
+
+    The head always trains. Recompile after calling this: Keras fixes the trainable set at compile.
+    """
+    if not 0 <= fine_tune_blocks <= NUM_MOBILENET_BLOCKS:
+        raise ValueError(
+            f"fine_tune_blocks must be in [0, {NUM_MOBILENET_BLOCKS}]. Received: fine_tune_blocks={fine_tune_blocks}"
+        )
+    base = model.get_layer(BASE_NAME)
+    base.trainable = fine_tune_blocks > 0
+    first = NUM_MOBILENET_BLOCKS + 1 - fine_tune_blocks
+    tuned = {f"block_{i}_" for i in range(first, NUM_MOBILENET_BLOCKS + 1)}
+    for layer in base.layers:
+        in_tuned_block = any(layer.name.startswith(prefix) for prefix in tuned)
+        layer.trainable = fine_tune_blocks > 0 and (in_tuned_block or layer.name in ("Conv_1", "Conv_1_bn", "out_relu"))
+
+
+def load_model(path: str | Path, compile: bool = False) -> keras.Model:
+    """Load a `.keras` classifier with safe_mode on (no arbitrary code from the file)."""
+    path = Path(path)
+    if path.suffix != ".keras":
+        raise ArtifactError(f"Expected a .keras model file. Received: path={str(path)!r}")
+    if not path.is_file():
+        raise ArtifactError(f"Model file not found. Received: path={str(path)!r}")
+    try:
+        return keras.saving.load_model(path, compile=compile, safe_mode=True)
+    except Exception as error:
+        raise ArtifactError(f"Could not load model ({type(error).__name__}: {error}). Received: path={str(path)!r}") from None
+
+
+def image_size_of(model: keras.Model) -> int:
+    """The square input size the model was built for; preprocessing is derived from it."""
+    _, height, width, _ = model.input_shape
+    if height != width or height is None:
+        raise ArtifactError(f"Expected a square fixed-size image input. Received: input_shape={model.input_shape}")
+    return int(height)
