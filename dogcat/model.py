@@ -84,9 +84,14 @@ def _first_line(error: BaseException) -> str:
 
 
 def set_fine_tuning(model: keras.Model, fine_tune_blocks: int) -> None:
-    """Freeze the base, then unfreeze its last `fine_tune_blocks` blocks and the final 1x1 conv.
+    """Freeze the base, then unfreeze the convolutions of its last `fine_tune_blocks` blocks and
+    of the final 1x1 conv. The head always trains.
 
-    The head always trains. Recompile after calling this: Keras fixes the trainable set at compile.
+    BatchNormalization layers stay frozen everywhere. Calling the base with training=False is
+    not enough in Keras 3: `fit` passes training=True down through nested models and it wins
+    (keras-team/keras#20285), but a BatchNormalization with trainable=False always runs in
+    inference mode, keeping its ImageNet statistics. Recompile after calling this: Keras fixes
+    the trainable set at compile time.
     """
     if not 0 <= fine_tune_blocks <= NUM_MOBILENET_BLOCKS:
         raise ValueError(
@@ -95,10 +100,10 @@ def set_fine_tuning(model: keras.Model, fine_tune_blocks: int) -> None:
     base = model.get_layer(BASE_NAME)
     base.trainable = fine_tune_blocks > 0
     first = NUM_MOBILENET_BLOCKS + 1 - fine_tune_blocks
-    tuned = {f"block_{i}_" for i in range(first, NUM_MOBILENET_BLOCKS + 1)}
+    tuned = tuple(f"block_{i}_" for i in range(first, NUM_MOBILENET_BLOCKS + 1)) + ("Conv_1",)
     for layer in base.layers:
-        in_tuned_block = any(layer.name.startswith(prefix) for prefix in tuned)
-        layer.trainable = fine_tune_blocks > 0 and (in_tuned_block or layer.name in ("Conv_1", "Conv_1_bn", "out_relu"))
+        is_batch_norm = isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = fine_tune_blocks > 0 and layer.name.startswith(tuned) and not is_batch_norm
 
 
 def load_model(path: str | Path, compile: bool = False) -> keras.Model:
