@@ -73,7 +73,7 @@ def save_class_names(path: str | Path, class_names: dict[int, str] = CLASS_NAMES
 class _PlainDataUnpickler(pickle.Unpickler):
     """Builds dicts, lists, tuples, str, int, float, bool and None; refuses every global."""
 
-    def find_class(self, module: str, name: str):  # noqa: ARG002 - the refusal is the point
+    def find_class(self, module: str, name: str):
         raise ArtifactError(f"refusing to load {module}.{name}: class_names.pkl may only hold a dict of int -> str")
 
 

@@ -141,12 +141,27 @@ def prepare(
     for candidate in tqdm(candidates, desc="checking images", unit="img", disable=not progress):
         result = check_image(candidate)
         if isinstance(result, GoodImage) and result.sha256 in seen:
-            result = Skipped(candidate.source, f"duplicate of {seen[result.sha256]}")
+            result = Skipped(candidate.source, f"duplicate of {seen[result.sha256].relative_to(src).as_posix()}")
         if isinstance(result, Skipped):
             skipped.append(result)
         else:
             seen[result.sha256] = result.source
             good.append(result)
+
+    pools = {label: [g for g in good if g.label == label] for label in LABELS}
+    for label, pool in pools.items():  # before anything in OUT is touched
+        if len(pool) < per_class:
+            raise DataError(
+                f"Only {len(pool)} usable {label} images in {src}, fewer than the {per_class} asked for "
+                f"(lower --per-class). Received: per_class={per_class}"
+            )
+    counts = [round(per_class * fractions[0]), round(per_class * fractions[1])]
+    counts.append(per_class - sum(counts))
+    for i, count in enumerate(counts):  # rounding can empty a split: every split gets one at least
+        if count == 0:
+            counts[counts.index(max(counts))] -= 1
+            counts[i] = 1
+    n_train, n_val = counts[0], counts[1]
 
     rng = np.random.default_rng(seed)
     rows: list[dict[str, object]] = []
@@ -156,16 +171,8 @@ def prepare(
             raise DataError(f"Output folder exists and is not a dogcat dataset; refusing to overwrite it. Received: out={str(out)!r}")
         for split in SPLITS:
             shutil.rmtree(out / split, ignore_errors=True)
-    for label in LABELS:
-        pool = [g for g in good if g.label == label]
-        if len(pool) < per_class:
-            raise DataError(
-                f"Only {len(pool)} usable {label} images in {src}, fewer than the {per_class} asked for "
-                f"(lower --per-class). Received: per_class={per_class}"
-            )
+    for label, pool in pools.items():
         chosen = [pool[i] for i in rng.permutation(len(pool))[:per_class]]
-        n_train = round(per_class * fractions[0])
-        n_val = round(per_class * fractions[1])
         bounds = {"train": (0, n_train), "val": (n_train, n_train + n_val), "test": (n_train + n_val, per_class)}
         for split, (start, stop) in bounds.items():
             names: set[str] = set()

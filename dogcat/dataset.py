@@ -50,5 +50,8 @@ class ImageBatches(keras.utils.PyDataset):
         self.set_epoch(self.epoch + 1)
 
 
-def load_split_batches(split: Split, image_size: int, batch_size: int, shuffle: bool, seed: int, name: str) -> ImageBatches:
-    return ImageBatches(decode_all(split.paths, image_size, desc=f"decoding {name}"), split.labels, batch_size, shuffle, seed)
+def load_split_batches(
+    split: Split, image_size: int, batch_size: int, shuffle: bool, seed: int, name: str, progress: bool = True
+) -> ImageBatches:
+    images = decode_all(split.paths, image_size, desc=f"decoding {name}", progress=progress)
+    return ImageBatches(images, split.labels, batch_size, shuffle, seed)

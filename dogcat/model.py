@@ -100,7 +100,7 @@ def set_fine_tuning(model: keras.Model, fine_tune_blocks: int) -> None:
     base = model.get_layer(BASE_NAME)
     base.trainable = fine_tune_blocks > 0
     first = NUM_MOBILENET_BLOCKS + 1 - fine_tune_blocks
-    tuned = tuple(f"block_{i}_" for i in range(first, NUM_MOBILENET_BLOCKS + 1)) + ("Conv_1",)
+    tuned = (*(f"block_{i}_" for i in range(first, NUM_MOBILENET_BLOCKS + 1)), "Conv_1")
     for layer in base.layers:
         is_batch_norm = isinstance(layer, keras.layers.BatchNormalization)
         layer.trainable = fine_tune_blocks > 0 and layer.name.startswith(tuned) and not is_batch_norm

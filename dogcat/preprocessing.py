@@ -69,10 +69,7 @@ def load_image(source: ImageSource, draft_size: int | None = None) -> Image.Imag
     """Open any supported source as an upright 8-bit RGB PIL image, or raise ImageError."""
     if isinstance(source, np.ndarray):
         return _array_to_image(source)
-    if isinstance(source, Image.Image):
-        image = source
-    else:
-        image = _open(source)
+    image = source if isinstance(source, Image.Image) else _open(source)
     _check_size(image, source)
     if draft_size and image.format == "JPEG":
         # Let libjpeg decode a large photo at 1/2, 1/4 or 1/8 scale, never below the target:
@@ -161,6 +158,8 @@ def _array_to_image(array: np.ndarray) -> Image.Image:
         raise ImageError(f"Expected an (H, W), (H, W, 3) or (H, W, 4) array. Received: shape={array.shape}")
     if array.shape[0] * array.shape[1] > MAX_PIXELS:
         raise ImageError(f"array is {array.shape[1]}x{array.shape[0]}, over the {MAX_PIXELS:,}-pixel limit")
+    if array.size == 0:
+        raise ImageError(f"array has no pixels ({array.shape[1]}x{array.shape[0]})")
     if array.dtype == np.uint8:
         pixels = array
     elif array.dtype == np.uint16:

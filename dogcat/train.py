@@ -20,7 +20,7 @@ import io
 import json
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import keras
@@ -46,7 +46,7 @@ class TrainError(RuntimeError):
 
 
 def default_run_dir(config: Config) -> Path:
-    return Path(config.train.output_dir) / datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return Path(config.train.output_dir) / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
 
 
 def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str], None] = print, progress: bool = True) -> Path:
@@ -71,8 +71,8 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
 
     tc, size = config.train, config.data.image_size
     keras.utils.set_random_seed(tc.seed)
-    train_batches = load_split_batches(read_split(config.data.dir, "train"), size, tc.batch_size, True, tc.seed, "train")
-    val_batches = load_split_batches(read_split(config.data.dir, "val"), size, tc.batch_size, False, tc.seed, "val")
+    train_batches = load_split_batches(read_split(config.data.dir, "train"), size, tc.batch_size, True, tc.seed, "train", progress)
+    val_batches = load_split_batches(read_split(config.data.dir, "val"), size, tc.batch_size, False, tc.seed, "val", progress)
 
     if state["epoch"] > 0:
         model = load_model(run_dir / "checkpoint.keras", compile=True)
@@ -105,15 +105,15 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
             save_atomic(run_dir / "best.weights.h5", model.save_weights)
         else:
             state["wait"] += 1
-        log(
-            f"epoch {epoch + 1}/{tc.epochs} [{phase}] loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
-            f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} {row['seconds']:.0f}s"
-            + (" *" if improved else "")
-        )
         save_atomic(run_dir / "checkpoint.keras", model.save)
         _write_history(run_dir / "history.csv", history)
         state["epoch"] = epoch + 1
         write_text_atomic(state_path, json.dumps(state, indent=2))
+        log(  # after the checkpoint: an epoch that was reported is never redone
+            f"epoch {epoch + 1}/{tc.epochs} [{phase}] loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
+            f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} {row['seconds']:.0f}s"
+            + (" *" if improved else "")
+        )
         if tc.early_stopping_patience and state["wait"] >= tc.early_stopping_patience:
             log(f"early stopping: val_loss has not improved for {state['wait']} epochs")
             break

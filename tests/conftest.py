@@ -52,3 +52,37 @@ def imagenet_weights() -> Path:
     if not path.is_file():
         pytest.skip(f"{IMAGENET_WEIGHTS_FILE} not in {keras_cache_dir()}")
     return path
+
+
+def _drawn_photo(label: str, index: int, size: int = 64):
+    """A small picture that differs per file: warm blobs for cats, cool stripes for dogs."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng([index, label == "dog"])
+    pixels = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+    if label == "cat":
+        pixels[..., 0] += 150
+    else:
+        pixels[::4, :, 2] += 180
+    return Image.fromarray(pixels)
+
+
+@pytest.fixture(scope="session")
+def kaggle_folder(tmp_path_factory) -> Path:
+    """12 generated cats and 12 dogs in the Kaggle flat layout (cat.N.jpg, dog.N.jpg)."""
+    folder = tmp_path_factory.mktemp("kaggle")
+    for label in ("cat", "dog"):
+        for index in range(12):
+            _drawn_photo(label, index).save(folder / f"{label}.{index}.jpg", quality=90)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory, kaggle_folder) -> Path:
+    """kaggle_folder prepared with 10 per class: 8 train, 1 val, 1 test each."""
+    from dogcat.data import prepare
+
+    out = tmp_path_factory.mktemp("prepared") / "data"
+    prepare(kaggle_folder, out, per_class=10, seed=0, progress=False)
+    return out

@@ -3,7 +3,13 @@ import pickle
 
 import pytest
 
-from dogcat.artifacts import CLASS_NAMES, ArtifactError, load_class_names, save_class_names, write_text_atomic
+from dogcat.artifacts import (
+    CLASS_NAMES,
+    ArtifactError,
+    load_class_names,
+    save_class_names,
+    write_text_atomic,
+)
 
 
 def test_class_names_round_trip(tmp_path):
@@ -28,7 +34,7 @@ class _RunsCode:
 def test_malicious_class_names_pickle_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "pwned"
     (tmp_path / "class_names.pkl").write_bytes(pickle.dumps({0: _RunsCode(str(marker)), 1: "dog"}))
-    with pytest.raises(ArtifactError, match="refusing to load posix.mkdir|refusing to load os.mkdir"):
+    with pytest.raises(ArtifactError, match=r"refusing to load (posix|os)\.mkdir"):
         load_class_names(tmp_path / "class_names.pkl")
     assert not marker.exists()
 

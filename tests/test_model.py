@@ -74,7 +74,7 @@ def test_unsafe_model_file_is_refused(tmp_path):
 def test_missing_and_misnamed_model_files_are_clear_errors(tmp_path):
     with pytest.raises(ArtifactError, match="not found"):
         load_model(tmp_path / "nope.keras")
-    with pytest.raises(ArtifactError, match="Expected a .keras"):
+    with pytest.raises(ArtifactError, match=r"Expected a \.keras"):
         load_model(tmp_path / "model.h5")
 
 

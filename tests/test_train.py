@@ -1,0 +1,104 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from dogcat.artifacts import CLASS_NAMES, load_class_names
+from dogcat.config import load_config
+from dogcat.data import read_split
+from dogcat.dataset import ImageBatches, decode_all
+from dogcat.inference import Classifier
+from dogcat.model import build_model
+from dogcat.preprocessing import preprocess
+from dogcat.train import TrainError, train
+from tests.conftest import TINY_SIZE
+
+pytestmark = pytest.mark.slow
+
+
+def _config(data_dir, *extra):
+    return load_config(None, [
+        f'data.dir="{data_dir}"', f"data.image_size={TINY_SIZE}", "model.weights=none", "model.dense_units=8",
+        "train.epochs=2", "train.head_epochs=1", "train.batch_size=8", *extra,
+    ])
+
+
+def test_training_writes_a_complete_run_folder(tmp_path, tiny_dataset):
+    config = _config(tiny_dataset)
+    lines = []
+    run = train(config, tmp_path / "run", log=lines.append, progress=False)
+    assert {p.name for p in run.iterdir()} == {
+        "dog_cat_classifier.keras", "class_names.pkl", "config.toml", "history.csv", "metrics.json",
+        "training_curves.png", "best.weights.h5", "state.json",
+    }
+    assert load_class_names(run / "class_names.pkl") == CLASS_NAMES
+    assert load_config(run / "config.toml") == config
+    with (run / "history.csv").open() as handle:
+        history = list(csv.DictReader(handle))
+    assert [(row["epoch"], row["phase"]) for row in history] == [("1", "head"), ("2", "fine_tune")]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["epochs_run"] == 2
+    assert metrics["data_manifest_sha256"]
+    assert sum(line.startswith("epoch ") for line in lines) == 2  # one progress line per epoch
+
+
+def test_saved_model_predicts_exactly_like_the_best_weights(tmp_path, tiny_dataset):
+    config = _config(tiny_dataset)
+    run = train(config, tmp_path / "run", log=lambda _: None, progress=False)
+    reference = build_model(config.model, TINY_SIZE)
+    reference.load_weights(run / "best.weights.h5")
+    images = preprocess(read_split(tiny_dataset, "train").paths, TINY_SIZE)
+    served = Classifier.from_path(run / "dog_cat_classifier.keras").predict_batch(images)
+    np.testing.assert_array_equal(served, reference.predict_on_batch(images))
+
+
+def test_an_interrupted_run_resumes_after_its_last_epoch(tmp_path, tiny_dataset):
+    config = _config(tiny_dataset, "train.epochs=3")
+
+    def interrupt_after_second_epoch(line):  # Ctrl-C in the fine-tuning phase
+        if line.startswith("epoch 2/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "run", log=interrupt_after_second_epoch, progress=False)
+    assert not (tmp_path / "run" / "dog_cat_classifier.keras").exists()
+    lines = []
+    train(config, tmp_path / "run", log=lines.append, progress=False)
+    assert lines[0] == f"resuming {tmp_path / 'run'} after epoch 2"
+    assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["3/3"]
+    with (tmp_path / "run" / "history.csv").open() as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2", "3"]
+    with pytest.raises(TrainError, match="already finished"):
+        train(config, tmp_path / "run", log=lambda _: None, progress=False)
+
+
+def test_resuming_with_another_config_is_refused(tmp_path, tiny_dataset):
+    def stop(line):
+        if line.startswith("epoch 1/"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(tiny_dataset), tmp_path / "run", log=stop, progress=False)
+    with pytest.raises(TrainError, match="different config"):
+        train(_config(tiny_dataset, "train.epochs=5"), tmp_path / "run", log=lambda _: None, progress=False)
+
+
+def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path, tiny_dataset):
+    # learning rate 0: val_loss never improves after epoch 1
+    config = _config(tiny_dataset, "train.epochs=5", "train.head_epochs=0", "train.fine_tune_learning_rate=0.0",
+                     "train.early_stopping_patience=2")
+    lines = []
+    run = train(config, tmp_path / "run", log=lines.append, progress=False)
+    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 3
+    assert any(line.startswith("early stopping") for line in lines)
+
+
+def test_training_tensor_equals_serving_tensor(tiny_dataset):
+    """For the same files, the batch fit() sees (augmentation is inside the model) equals predict's input."""
+    split = read_split(tiny_dataset, "train")
+    batches = ImageBatches(decode_all(split.paths, TINY_SIZE, progress=False), split.labels, batch_size=4)
+    training_images = np.concatenate([batches[i][0] for i in range(len(batches))])
+    serving_images = preprocess(split.paths, TINY_SIZE)
+    assert training_images.dtype == serving_images.dtype == np.float32
+    np.testing.assert_array_equal(training_images, serving_images)
