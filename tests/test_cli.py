@@ -1,0 +1,119 @@
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dogcat.cli import main
+from tests.conftest import REPO
+
+
+@pytest.fixture
+def photos(tmp_path, kaggle_folder):
+    """Two good photos, a truncated JPEG, a text file named .jpg and an empty file."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    good = [kaggle_folder / "cat.0.jpg", kaggle_folder / "dog.0.jpg"]
+    for path in good:
+        (folder / path.name).write_bytes(path.read_bytes())
+    data = good[0].read_bytes()
+    (folder / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (folder / "notes.jpg").write_text("this is not a picture")
+    (folder / "empty.png").write_bytes(b"")
+    return folder
+
+
+def test_predict_reports_bad_files_and_still_predicts_the_good_ones(photos, tiny_model_dir, capsys):
+    code = main(["predict", str(photos), "--model", str(tiny_model_dir / "dog_cat_classifier.keras"), "--csv"])
+    out, err = capsys.readouterr()
+    rows = {row["path"].rsplit("/", 1)[-1]: row for row in csv.DictReader(io.StringIO(out))}
+    assert code == 1
+    assert set(rows) == {"cat.0.jpg", "dog.0.jpg", "truncated.jpg", "notes.jpg", "empty.png"}
+    for name in ("cat.0.jpg", "dog.0.jpg"):
+        assert rows[name]["label"] in {"cat", "dog"}
+        assert float(rows[name]["p_cat"]) + float(rows[name]["p_dog"]) == pytest.approx(1, abs=1e-5)
+        assert rows[name]["error"] == ""
+    assert "truncated" in rows["truncated.jpg"]["error"]
+    assert rows["notes.jpg"]["error"].startswith("not an image")
+    assert rows["empty.png"]["error"] == "empty file"
+    assert len(err.strip().splitlines()) == 3  # one line per bad file, no traceback
+    assert "Traceback" not in err
+
+
+def test_predict_json_glob_and_missing_path(photos, tiny_model_dir, capsys):
+    code = main(["predict", str(photos / "*.0.jpg"), str(photos / "nope.jpg"), "--json",
+                 "--model", str(tiny_model_dir / "dog_cat_classifier.keras")])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 1
+    assert [line["path"].rsplit("/", 1)[-1] for line in lines] == ["cat.0.jpg", "dog.0.jpg", "nope.jpg"]
+    assert set(lines[0]["probabilities"]) == {"cat", "dog"}
+    assert lines[2] == {"path": str(photos / "nope.jpg"), "label": None, "probabilities": None, "error": "no such file"}
+
+
+def test_predict_table_exits_zero_when_every_file_is_read(photos, tiny_model_dir, capsys):
+    code = main(["predict", str(photos / "cat.0.jpg"), "--model", str(tiny_model_dir / "dog_cat_classifier.keras")])
+    header, row = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert header.split() == ["path", "label", "p(cat)", "p(dog)"]
+    assert row.split()[1] in {"cat", "dog"}
+
+
+def test_a_malicious_class_names_file_stops_predict_with_one_line(tmp_path, tiny_model_dir, photos, capsys):
+    import os
+    import pickle
+
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    (model_dir / "dog_cat_classifier.keras").write_bytes((tiny_model_dir / "dog_cat_classifier.keras").read_bytes())
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch pwned",))
+
+    (model_dir / "class_names.pkl").write_bytes(pickle.dumps(Evil()))
+    code = main(["predict", str(photos / "cat.0.jpg"), "--model", str(model_dir / "dog_cat_classifier.keras")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("dogcat: error: refusing to load")
+    assert err.count("\n") == 1
+
+
+def test_evaluate_writes_metrics_and_confusion_matrix(tmp_path, tiny_dataset, tiny_model_dir, capsys):
+    code = main(["evaluate", str(tiny_model_dir / "dog_cat_classifier.keras"), str(tiny_dataset), "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert code == 0
+    assert metrics["count"] == 2
+    assert metrics["split"] == "test"
+    assert sum(map(sum, metrics["confusion_matrix"])) == 2
+    assert {"accuracy", "log_loss", "roc_auc", "per_class"} <= set(metrics)
+    assert (tmp_path / "confusion_matrix.png").stat().st_size > 0
+    assert "accuracy" in out
+
+
+def test_data_prepare_command(tmp_path, kaggle_folder, capsys):
+    code = main(["data", "prepare", str(kaggle_folder), str(tmp_path / "out"), "--per-class", "10", "--quiet"])
+    assert code == 0
+    assert "train: 8 cat, 8 dog" in capsys.readouterr().out
+    assert (tmp_path / "out" / "manifest.csv").is_file()
+
+
+def test_bad_config_override_is_a_one_line_error(capsys):
+    assert main(["train", "train.epoch=3"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dogcat: error: Unknown key in [train]")
+    assert err.count("\n") == 1
+
+
+def test_console_entry_point_reports_bad_input_without_a_traceback(tmp_path, tiny_model_dir):
+    (tmp_path / "bad.jpg").write_text("hello")
+    result = subprocess.run(
+        [sys.executable, "-m", "dogcat.cli", "predict", str(tmp_path / "bad.jpg"), "--model",
+         str(tiny_model_dir / "dog_cat_classifier.keras")],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"dogcat: error: {tmp_path / 'bad.jpg'}: not an image" in result.stderr
