@@ -13,7 +13,7 @@ BACKENDS = ["tensorflow"]
 
 
 def _install_and_test(session: nox.Session, backend: str) -> None:
-    session.install("-e", f".[{backend}]", *nox.project.dependency_groups(PYPROJECT, "test"))
+    session.install("-e", f".[{backend},streamlit]", *nox.project.dependency_groups(PYPROJECT, "test"))
     session.run("pytest", *session.posargs, env={"KERAS_BACKEND": backend})
 
 

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import pickle
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+PACKAGE_DIR = Path(__file__).resolve().parent
 CLASS_NAMES = {0: "cat", 1: "dog"}
 MODEL_FILENAME = "dog_cat_classifier.keras"
 CLASS_NAMES_FILENAME = "class_names.pkl"
@@ -22,6 +24,36 @@ CLASS_NAMES_FILENAME = "class_names.pkl"
 
 class ArtifactError(ValueError):
     """A model or class-names file that is missing, malformed or unsafe."""
+
+
+def bundled_file(folder: str, name: str) -> Path | None:
+    """A file the project ships outside the package (models/, demos/).
+
+    Wheels carry these folders inside the package as `_<folder>`; a source checkout or an
+    editable install has them beside the package.
+    """
+    for root in (PACKAGE_DIR / f"_{folder}", PACKAGE_DIR.parent / folder):
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+def load_model_card(model_path: str | Path) -> dict:
+    """The measurements `dogcat train` and `dogcat evaluate` left beside a model, if any.
+
+    Returns {"training": {...}, "test": {...}} with whichever of training.json and
+    test_metrics.json exist; apps show these numbers instead of typing them in.
+    """
+    folder = Path(model_path).parent
+    card = {}
+    for key, filename in (("training", "training.json"), ("test", "test_metrics.json")):
+        path = folder / filename
+        if path.is_file():
+            try:
+                card[key] = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue  # a damaged card is not worth failing the app over
+    return card
 
 
 @contextlib.contextmanager

@@ -69,6 +69,12 @@ def _parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true", help="JSON lines, one object per image")
     output.add_argument("--csv", action="store_true", help="CSV with a header row")
     predict.set_defaults(handler=_predict)
+
+    app = commands.add_parser("app", help="run the Streamlit app in the browser")
+    app.add_argument("--model", type=Path, help="a .keras file (default: the shipped model)")
+    app.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    app.add_argument("--port", type=int, default=8501, help="port (default: 8501)")
+    app.set_defaults(handler=_app)
     return parser
 
 
@@ -143,6 +149,27 @@ def _predict(args: argparse.Namespace) -> int:
     for result in failed:
         print(f"dogcat: error: {result.source}: {result.error}", file=sys.stderr)
     return EXIT_FILE_ERRORS if failed else 0
+
+
+def _app(args: argparse.Namespace) -> int:
+    from dogcat.artifacts import ArtifactError, bundled_file
+    from dogcat.inference import Classifier
+
+    script = bundled_file("demos", "streamlit_app.py")
+    if script is None:
+        raise ArtifactError("The Streamlit app (demos/streamlit_app.py) is missing from this installation.")
+    env = dict(os.environ)
+    if args.model is not None:
+        Classifier.from_path(args.model)  # fail here, in one line, rather than inside the page
+        env["DOGCAT_MODEL"] = str(args.model.resolve())
+    command = [
+        sys.executable, "-m", "streamlit", "run", str(script),
+        "--server.address", args.host, "--server.port", str(args.port),
+        "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+    ]
+    # Replace this process, so Ctrl-C and a supervisor's SIGTERM reach Streamlit directly.
+    os.execve(sys.executable, command, env)
+    return 0  # not reached
 
 
 def expand_paths(patterns: list[str]) -> tuple[list[str], list[str]]:

@@ -17,24 +17,25 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from dogcat.artifacts import CLASS_NAMES_FILENAME, MODEL_FILENAME, ArtifactError, load_class_names
+from dogcat.artifacts import (
+    CLASS_NAMES_FILENAME,
+    MODEL_FILENAME,
+    ArtifactError,
+    bundled_file,
+    load_class_names,
+)
 from dogcat.model import image_size_of, load_model
 from dogcat.preprocessing import ImageError, ImageSource, decode_image, to_model_input
 
-PACKAGE_DIR = Path(__file__).resolve().parent
-
 
 def default_model_path() -> Path:
-    """$DOGCAT_MODEL, else the shipped model: inside the wheel, or models/ in a source checkout."""
+    """$DOGCAT_MODEL, else the shipped model (inside the wheel, or models/ in a source checkout)."""
     if os.environ.get("DOGCAT_MODEL"):
         return Path(os.environ["DOGCAT_MODEL"])
-    for folder in (PACKAGE_DIR / "_shipped_model", PACKAGE_DIR.parent / "models"):
-        if (folder / MODEL_FILENAME).is_file():
-            return folder / MODEL_FILENAME
-    raise ArtifactError(
-        f"No model given and no shipped model found (looked for {MODEL_FILENAME} in "
-        f"{PACKAGE_DIR / '_shipped_model'} and {PACKAGE_DIR.parent / 'models'}); pass a model path."
-    )
+    shipped = bundled_file("models", MODEL_FILENAME)
+    if shipped is None:
+        raise ArtifactError(f"No model given and no shipped {MODEL_FILENAME} found; pass a model path.")
+    return shipped
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,9 @@ import pytest
 
 from dogcat.config import ModelConfig
 
-TINY_SIZE = 32  # MobileNetV2's smallest input: builds and runs in a fraction of a second
+TINY_SIZE = 32
+# Real photos from the Kaggle sample, both in the shipped model's held-out test split.
+REAL_CAT, REAL_DOG = "cat.10086.jpg", "dog.10057.jpg"  # MobileNetV2's smallest input: builds and runs in a fraction of a second
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -1,0 +1,112 @@
+"""dogcat's Streamlit page: drop in photos, get "cat" or "dog" and how sure the model is.
+
+Run it with `dogcat app [--model PATH]`. UI code only: decoding, orientation, size limits and
+the model call all live in the dogcat package.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import streamlit as st
+
+from dogcat.artifacts import load_model_card
+from dogcat.config import Config
+from dogcat.inference import Classifier, Prediction, default_model_path
+from dogcat.preprocessing import ImageError, load_image
+
+UPLOAD_TYPES = ["jpg", "jpeg", "png"]
+PREVIEW_SIZE = 512  # photos are shown at most this wide; large JPEGs are decoded at reduced scale
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str
+    data: bytes
+
+
+@st.cache_resource(show_spinner="Loading the model...")
+def load_classifier(model_path: str) -> Classifier:
+    """One Classifier per process, shared by every session; its lock makes concurrent use safe."""
+    return Classifier.from_path(model_path)
+
+
+def sidebar(model_path: str) -> tuple[float, bool]:
+    with st.sidebar:
+        threshold = st.slider(
+            "Say \"not sure\" below this confidence", min_value=0.5, max_value=1.0,
+            value=Config().predict.threshold, step=0.01, key="threshold",
+        )
+        use_camera = st.toggle("Use the camera", key="use_camera")
+        about(model_path)
+    return threshold, use_camera
+
+
+def about(model_path: str) -> None:
+    card = load_model_card(model_path)
+    with st.expander("About this model"):
+        st.markdown("MobileNetV2 (ImageNet) fine-tuned to tell cats from dogs, with Keras 3.")
+        test, training = card.get("test"), card.get("training", {})
+        if test:
+            st.markdown(
+                f"Measured on {test['count']} held-out Kaggle photos: "
+                f"**{test['accuracy']:.1%} accuracy**, log loss {test['log_loss']:.3f}."
+            )
+        else:
+            st.markdown("No measured metrics were found beside this model.")
+        if training.get("data_manifest_sha256"):
+            st.caption(f"Data manifest sha256 {training['data_manifest_sha256'][:12]}...")
+        st.caption(f"Model file: {model_path}")
+        st.caption("It always answers cat or dog, even for a photo of neither.")
+
+
+def collect_uploads(use_camera: bool) -> list[Upload]:
+    files = st.file_uploader(
+        "Photos of cats or dogs", type=UPLOAD_TYPES, accept_multiple_files=True, key="uploads"
+    )
+    uploads = [Upload(f.name, f.getvalue()) for f in files or []]
+    if use_camera:
+        shot = st.camera_input("Take a photo", key="camera")
+        if shot is not None:
+            uploads.append(Upload("camera photo", shot.getvalue()))
+    return uploads
+
+
+def show_prediction(upload: Upload, prediction: Prediction, threshold: float) -> None:
+    if prediction.error:
+        st.error(f"{upload.name}: {prediction.error}")
+        return
+    # st.image ignores EXIF orientation (streamlit#6809), so show the upright decode instead.
+    try:
+        preview = load_image(io.BytesIO(upload.data), draft_size=PREVIEW_SIZE)
+        preview.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
+    except ImageError:
+        preview = None  # unreachable in practice: predict decoded the same bytes
+    picture, verdict = st.columns([1, 1])
+    if preview is not None:
+        picture.image(preview, caption=upload.name, width="stretch")
+    sure = prediction.confidence >= threshold
+    headline = prediction.label if sure else f"not sure (maybe {prediction.label})"
+    verdict.subheader(headline)
+    for label, probability in prediction.probabilities.items():
+        verdict.progress(probability, text=f"{label}: {probability:.1%}")
+
+
+def main() -> None:
+    st.set_page_config(page_title="dogcat", page_icon=":dog:")
+    st.title("Cat or dog?")
+    model_path = str(default_model_path())
+    threshold, use_camera = sidebar(model_path)
+    uploads = collect_uploads(use_camera)
+    if not uploads:
+        st.info("Upload one or more JPEG or PNG photos to classify them.")
+        return
+    classifier = load_classifier(model_path)
+    predictions = classifier.predict([u.data for u in uploads], names=[u.name for u in uploads])
+    for upload, prediction in zip(uploads, predictions, strict=True):
+        show_prediction(upload, prediction, threshold)
+
+
+if __name__ == "__main__":
+    main()

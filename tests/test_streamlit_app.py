@@ -1,0 +1,95 @@
+"""The Streamlit page through streamlit.testing.v1.AppTest (no browser)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from dogcat.preprocessing import MAX_FILE_BYTES  # noqa: E402
+from tests.conftest import REAL_CAT, REAL_DOG, REPO, _drawn_photo  # noqa: E402
+
+APP = str(REPO / "demos" / "streamlit_app.py")
+
+
+def _jpeg(label: str, index: int) -> bytes:
+    buffer = io.BytesIO()
+    _drawn_photo(label, index).save(buffer, format="JPEG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def tiny_app(monkeypatch, tiny_model_dir):
+    monkeypatch.setenv("DOGCAT_MODEL", str(tiny_model_dir / "dog_cat_classifier.keras"))
+    app = AppTest.from_file(APP, default_timeout=120)
+    app.run()
+    return app
+
+
+def _upload(app: AppTest, files: list[tuple[str, bytes]]) -> AppTest:
+    app.file_uploader(key="uploads").set_value([(name, data, "image/jpeg") for name, data in files])
+    return app.run()
+
+
+def test_empty_page_invites_an_upload(tiny_app):
+    assert not tiny_app.exception
+    assert "Upload one or more" in tiny_app.info[0].value
+    assert tiny_app.slider(key="threshold").value == 0.6  # Config().predict.threshold
+
+
+def test_each_photo_gets_a_label_and_both_probabilities(tiny_app):
+    app = _upload(tiny_app, [("a.jpg", _jpeg("cat", 1)), ("b.jpg", _jpeg("dog", 2))])
+    assert not app.exception
+    assert len(app.subheader) == 2
+    bars = [bar.value for bar in app.get("progress")]
+    assert len(bars) == 4
+    assert bars[0] + bars[1] == pytest.approx(100, abs=1)  # st.progress stores percent
+    assert len(app.get("image")) == 2
+
+
+def test_threshold_decides_when_the_page_is_not_sure(tiny_app):
+    # The untrained tiny model is never confident: every top probability is close to 0.5.
+    app = _upload(tiny_app, [("a.jpg", _jpeg("cat", 1))])
+    assert app.subheader[0].value.startswith("not sure (maybe ")
+    app.slider(key="threshold").set_value(0.5).run()
+    assert app.subheader[0].value in {"cat", "dog"}
+
+
+def test_bad_uploads_get_one_error_line_each_and_good_ones_are_still_predicted(tiny_app):
+    good = _jpeg("cat", 3)
+    app = _upload(tiny_app, [
+        ("good.jpg", good),
+        ("half.jpg", good[: len(good) // 2]),
+        ("notes.jpg", b"this is a text file"),
+        ("huge.png", b"\x89PNG" + bytes(MAX_FILE_BYTES)),
+    ])
+    assert not app.exception
+    errors = [e.value for e in app.error]
+    assert len(errors) == 3
+    assert errors[0].startswith("half.jpg: truncated")
+    assert errors[1].startswith("notes.jpg: not an image")
+    assert errors[2].startswith("huge.png: file is over the 50 MiB limit")
+    assert all("\n" not in e for e in errors)
+    assert len(app.subheader) == 1  # good.jpg
+
+
+def test_about_panel_reads_accuracy_from_the_model_card(monkeypatch):
+    monkeypatch.delenv("DOGCAT_MODEL", raising=False)
+    card = json.loads((REPO / "models" / "test_metrics.json").read_text())
+    app = AppTest.from_file(APP, default_timeout=120).run()
+    about = " ".join(m.value for m in app.sidebar.markdown)
+    assert f"{card['accuracy']:.1%} accuracy" in about
+    assert f"{card['count']} held-out" in about
+
+
+@pytest.mark.shared_data
+def test_shipped_model_labels_real_photos(monkeypatch, shared_data):
+    monkeypatch.delenv("DOGCAT_MODEL", raising=False)
+    app = AppTest.from_file(APP, default_timeout=120).run()
+    app = _upload(app, [("cat.jpg", (shared_data / REAL_CAT).read_bytes()),
+                        ("dog.jpg", (shared_data / REAL_DOG).read_bytes())])
+    assert [s.value for s in app.subheader] == ["cat", "dog"]
