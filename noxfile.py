@@ -6,22 +6,31 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_venv = "yes"
-nox.options.sessions = ["lint", "tests"]
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
-BACKENDS = ["tensorflow"]
+nox.options.sessions = ["lint", "tests", "portability"]
+BACKENDS = ["tensorflow", "jax"]
 
 
-def _install_and_test(session: nox.Session, backend: str) -> None:
-    session.install("-e", f".[{backend},streamlit]", *nox.project.dependency_groups(PYPROJECT, "test"))
-    session.run("pytest", *session.posargs, env={"KERAS_BACKEND": backend})
+def _install_and_test(session: nox.Session, extras: str, env: dict[str, str], *pytest_args: str) -> None:
+    session.install("-e", f".[{extras}]", *nox.project.dependency_groups(PYPROJECT, "test"))
+    session.run("pytest", *pytest_args, *session.posargs, env=env)
 
 
 @nox.session
 @nox.parametrize("backend", BACKENDS)
 def tests(session: nox.Session, backend: str) -> None:
-    """Run the test suite on one Keras backend."""
-    _install_and_test(session, backend)
+    """Run the test suite on one Keras backend (the JAX environment has no TensorFlow)."""
+    env = {"KERAS_BACKEND": backend}
+    if backend == "jax":
+        env["DOGCAT_EXPECT_NO_TENSORFLOW"] = "1"
+    _install_and_test(session, f"{backend},streamlit", env, "-m", "not portability")
+
+
+@nox.session
+def portability(session: nox.Session) -> None:
+    """Save models on one backend and load them on the other, one process per backend."""
+    _install_and_test(session, "tensorflow,jax", {"DOGCAT_REQUIRE_BOTH_BACKENDS": "1"}, "-m", "portability")
 
 
 @nox.session
