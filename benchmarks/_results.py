@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
@@ -37,7 +37,7 @@ def versions(*packages: str) -> str:
 
 def write_section(name: str, command: str, body: str, packages: tuple[str, ...] = ()) -> None:
     """Replace (or append) the section `name` in RESULTS.md with a dated, attributed body."""
-    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     section = (
         f"<!-- section:{name} -->\n## {name}\n\n"
         f"- date: {stamp}\n- machine: {machine()}\n"

@@ -8,10 +8,10 @@ import json
 import pytest
 
 pytest.importorskip("streamlit")
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from streamlit.testing.v1 import AppTest
 
-from dogcat.preprocessing import MAX_FILE_BYTES  # noqa: E402
-from tests.conftest import REAL_CAT, REAL_DOG, REPO, _drawn_photo  # noqa: E402
+from dogcat.preprocessing import MAX_FILE_BYTES
+from tests.conftest import REAL_CAT, REAL_DOG, REPO, _drawn_photo
 
 APP = str(REPO / "demos" / "streamlit_app.py")
 
