@@ -24,7 +24,7 @@ def tests(session: nox.Session, backend: str) -> None:
     env = {"KERAS_BACKEND": backend}
     if backend == "jax":
         env["DOGCAT_EXPECT_NO_TENSORFLOW"] = "1"
-    _install_and_test(session, f"{backend},streamlit", env, "-m", "not portability")
+    _install_and_test(session, f"{backend},streamlit,gradio", env, "-m", "not portability")
 
 
 @nox.session

@@ -75,6 +75,18 @@ def _parser() -> argparse.ArgumentParser:
     app.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     app.add_argument("--port", type=int, default=8501, help="port (default: 8501)")
     app.set_defaults(handler=_app)
+
+    # Gradio demo and Hugging Face Space (dogcat.space, demos/gradio_app.py).
+    space = commands.add_parser("space", help="Hugging Face Space commands").add_subparsers(required=True, metavar="COMMAND")
+    space_build = space.add_parser("build", help="write a folder that can be pushed to a Gradio Space as it is")
+    space_build.add_argument("out", type=Path, help="output folder (may be a git clone of the Space: other files are kept)")
+    space_build.add_argument("--model", type=Path, help="a .keras file or run folder (default: the shipped model)")
+    space_build.set_defaults(handler=_space_build)
+    demo = commands.add_parser("demo", help="run the Gradio demo (the Space's app) locally")
+    demo.add_argument("--model", type=Path, help="a .keras file (default: the shipped model)")
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    demo.set_defaults(handler=_demo)
     return parser
 
 
@@ -170,6 +182,46 @@ def _app(args: argparse.Namespace) -> int:
     # Replace this process, so Ctrl-C and a supervisor's SIGTERM reach Streamlit directly.
     os.execve(sys.executable, command, env)
     return 0  # not reached
+
+
+def _space_build(args: argparse.Namespace) -> int:
+    from dogcat.space import SpaceError, build_space
+
+    try:
+        out = build_space(args.out, args.model)
+    except SpaceError as error:
+        print(f"dogcat: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"Wrote a Hugging Face Space (Gradio) to {out}: app.py, requirements.txt, README.md, dogcat/, models/, examples/")
+    print(f"Try it:  pip install -r {out / 'requirements.txt'} && python {out / 'app.py'}")
+    print(f"Push it: hf auth login && hf upload USER/SPACE_NAME {out} . --repo-type space")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from dogcat.space import SpaceError, find_gradio_app
+
+    try:
+        app = find_gradio_app()
+        import gradio  # noqa: F401  (checked here, for a one-line message)
+    except SpaceError as error:
+        print(f"dogcat: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except ModuleNotFoundError:
+        print("dogcat: error: the demo needs Gradio: pip install 'dogcat[gradio]'", file=sys.stderr)
+        return EXIT_USAGE
+    if args.model is not None:
+        if not args.model.exists():
+            print(f"dogcat: error: Model file not found. Received: model={str(args.model)!r}", file=sys.stderr)
+            return EXIT_USAGE
+        os.environ["DOGCAT_MODEL"] = str(args.model.resolve())  # the app loads $DOGCAT_MODEL at import
+    spec = importlib.util.spec_from_file_location("dogcat_gradio_app", app)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # builds the app and loads the model, once
+    module.launch(server_name=args.host, server_port=args.port)
+    return 0
 
 
 def expand_paths(patterns: list[str]) -> tuple[list[str], list[str]]:

@@ -1,0 +1,107 @@
+"""dogcat's Gradio demo: one photo in, P(cat) and P(dog) out.
+
+Run it with `dogcat demo`, `python demos/gradio_app.py`, or `gradio demos/gradio_app.py` (reload
+mode imports this module and serves `demo`). `dogcat space build OUT` copies this very file to
+OUT/app.py, next to a vendored copy of the dogcat package and the model, for a Hugging Face Space.
+
+The model is the one `dogcat predict` uses: $DOGCAT_MODEL if set, else the shipped model (in a
+built Space, OUT/models/). It is loaded once, when this module is imported. All image handling
+is dogcat's (dogcat.inference / dogcat.preprocessing); this file only wires it to Gradio.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow start-up chatter; errors still show
+
+import gradio as gr
+
+from dogcat.inference import Classifier
+from dogcat.preprocessing import MAX_FILE_BYTES
+
+HERE = Path(__file__).resolve().parent
+
+# Redistributable photos only (sources and licences in examples/LICENSES.md). The Kaggle images
+# the model was trained on are not shipped as examples: their redistribution terms are unclear.
+EXAMPLES = [HERE / "examples" / name for name in ("cat-chelsea.jpg", "astronaut.jpg", "rocket.jpg")]
+
+# The Classifier runs one model call at a time (it holds a lock), so more parallel workers would
+# only wait on it. Two let one request's decoding overlap another's model call on a 2-vCPU machine
+# (a free CPU Space). On this project's 2-core machine, limits of 1, 2 and 4 gave the same burst
+# throughput within noise (benchmarks/gradio_space.py): the limit bounds contention, not speed.
+CONCURRENCY_LIMIT = 2
+# At ~0.1 s per photo, 64 waiting requests clear in a few seconds; past that a new request is
+# refused at once ("queue is full") instead of waiting minutes behind a burst.
+QUEUE_MAX_SIZE = 64
+# Uploads are deleted an hour after they arrive, so a long-running Space does not fill its disk.
+DELETE_CACHE = (3600, 3600)
+
+CLASSIFIER = Classifier.from_path()
+
+
+def predict(image: dict[str, Any] | str | None) -> dict[str, float]:
+    """Classify one uploaded photo: {"cat": p, "dog": p}, summing to 1.
+
+    `image` is the upload as Gradio hands it over unprocessed (a file-data dict whose `path` is
+    the uploaded copy in Gradio's cache) or a plain path. Anything that is not a readable image
+    becomes a gr.Error with a one-line reason; no traceback reaches the user.
+    """
+    if isinstance(image, dict):
+        path, name = image.get("path"), image.get("orig_name") or "the upload"
+    else:
+        path, name = image, "the upload"
+    if not path:
+        raise gr.Error("No image received: upload a photo of a cat or a dog.", print_exception=False)
+    result = CLASSIFIER.predict([path])[0]
+    if result.error:
+        raise gr.Error(f"Cannot read {name}: {result.error}.", print_exception=False)
+    return result.probabilities
+
+
+with gr.Blocks(title="dogcat: cat or dog?", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
+    gr.Markdown(
+        "# Cat or dog?\n"
+        "Upload a photo: a MobileNetV2 fine-tuned with Keras 3 gives the probability of each. "
+        "It only knows these two classes, so it answers cat or dog for *any* picture "
+        "(try the astronaut and the rocket)."
+    )
+    with gr.Row():
+        # preprocess=False below: the uploaded file goes to dogcat's decoder untouched, so a
+        # corrupt file is reported by dogcat in one line instead of failing inside Gradio.
+        image_input = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"])
+        label_output = gr.Label(num_top_classes=2, label="Prediction")
+    with gr.Row():
+        gr.ClearButton([image_input, label_output])
+        submit = gr.Button("Classify", variant="primary")
+    gr.Examples(examples=[[str(path)] for path in EXAMPLES], inputs=[image_input], cache_examples=False)
+    submit.click(
+        predict,
+        inputs=image_input,
+        outputs=label_output,
+        api_name="predict",
+        preprocess=False,
+        concurrency_limit=CONCURRENCY_LIMIT,
+    )
+
+# api_open=False: the REST route cannot skip the queue, so the limits above hold for API clients too.
+demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE, api_open=False)
+
+
+def launch(server_name: str | None = None, server_port: int | None = None) -> None:
+    """Serve `demo`; None means $GRADIO_SERVER_NAME / $GRADIO_SERVER_PORT, else 127.0.0.1:7860.
+
+    Hugging Face Spaces sets those variables (0.0.0.0:7860) and runs `python app.py`.
+    """
+    demo.launch(
+        server_name=server_name,
+        server_port=server_port,
+        max_file_size=MAX_FILE_BYTES,  # dogcat's own upload limit, enforced before the file is stored
+        show_error=False,  # only gr.Error messages reach users; anything unexpected stays in the log
+    )
+
+
+if __name__ == "__main__":
+    launch()

@@ -1,0 +1,379 @@
+"""The Gradio demo (demos/gradio_app.py) and the Hugging Face Space that `dogcat space build` writes.
+
+In-process tests load the app with a tiny untrained model; the slow tests build a real Space with
+the shipped model, start its app.py as a server on 127.0.0.1 and talk to it with gradio_client.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+gr = pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+yaml = pytest.importorskip("yaml")  # a Gradio dependency; parses the Space's front matter
+
+from dogcat.artifacts import CLASS_NAMES_FILENAME, MODEL_FILENAME  # noqa: E402
+from dogcat.space import NOT_VENDORED, REQUIREMENTS, SpaceError, build_space  # noqa: E402
+from tests.conftest import REAL_CAT, REAL_DOG, REPO, _drawn_photo  # noqa: E402
+
+APP_FILE = REPO / "demos" / "gradio_app.py"
+SERVER_START_TIMEOUT = 120  # seconds; the server is usually up in 6-10 s here
+# The Space pins tensorflow-cpu to the installed version, so it is built (and served) only where
+# TensorFlow is installed; the app itself runs on any Keras backend.
+needs_tensorflow = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
+                                      reason="the Space pins tensorflow-cpu: TensorFlow is not installed")
+
+
+def _load_app(model_dir: Path):
+    """Import demos/gradio_app.py as a fresh module with `model_dir`'s model."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DOGCAT_MODEL", str(model_dir / MODEL_FILENAME))
+        spec = importlib.util.spec_from_file_location("gradio_app_under_test", APP_FILE)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def app(tiny_model_dir):
+    return _load_app(tiny_model_dir)
+
+
+def _upload(path: Path) -> dict:
+    """What Gradio hands the predict function for an upload (preprocess=False): a file-data dict."""
+    return {"path": str(path), "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
+
+
+def _assert_one_clean_line(message: str, folder: Path) -> None:
+    assert "\n" not in message
+    assert "Traceback" not in message
+    assert str(folder) not in message  # the server's upload folder is not the user's business
+
+
+# --- the app, in process ---------------------------------------------------------------------------
+
+
+def test_predict_returns_a_probability_for_each_class(app, tmp_path):
+    photo = tmp_path / "drawn.png"
+    _drawn_photo("dog", 3, size=80).save(photo)
+    result = app.predict(_upload(photo))
+    assert set(result) == {"cat", "dog"}
+    assert all(0.0 <= p <= 1.0 for p in result.values())
+    assert sum(result.values()) == pytest.approx(1.0, abs=1e-5)
+    assert app.predict(str(photo)) == result  # a plain path works too (reload mode, direct calls)
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"this is not a picture", "not an image"),
+        (b"", "empty file"),
+        ("truncated", "truncated or corrupt image data"),
+    ],
+)
+def test_bad_upload_is_a_one_line_gradio_error(app, tmp_path, content, reason):
+    path = tmp_path / "upload.jpg"
+    if content == "truncated":
+        buffer = io.BytesIO()
+        _drawn_photo("cat", 1, size=120).save(buffer, format="JPEG", quality=95)
+        content = buffer.getvalue()[: len(buffer.getvalue()) // 2]
+    path.write_bytes(content)
+    with pytest.raises(gr.Error) as caught:
+        app.predict(_upload(path))
+    assert caught.value.message.startswith(f"Cannot read upload.jpg: {reason}")
+    _assert_one_clean_line(caught.value.message, tmp_path)
+
+
+@pytest.mark.parametrize("upload", [None, {"path": None, "orig_name": "x.jpg"}])
+def test_no_image_is_a_gradio_error(app, upload):
+    with pytest.raises(gr.Error, match="No image received"):
+        app.predict(upload)
+
+
+def test_the_only_public_endpoint_is_predict_and_its_limits_are_set(app):
+    endpoints = app.demo.get_api_info()["named_endpoints"]
+    assert list(endpoints) == ["/predict"]
+    (fn,) = [fn for fn in app.demo.fns.values() if fn.api_name == "predict"]
+    assert fn.concurrency_limit == app.CONCURRENCY_LIMIT
+    assert app.demo._queue.max_size == app.QUEUE_MAX_SIZE
+
+
+def test_every_example_is_readable_and_licensed(app):
+    examples = sorted(APP_FILE.parent.joinpath("examples").glob("*.jpg"))
+    assert sorted(app.EXAMPLES) == examples
+    licences = (APP_FILE.parent / "examples" / "LICENSES.md").read_text(encoding="utf-8")
+    for path in examples:
+        assert f"`{path.name}`" in licences, f"{path.name} has no licence entry"
+        assert sum(app.predict(str(path)).values()) == pytest.approx(1.0, abs=1e-5)
+
+
+# --- building the Space -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def measured_model(tmp_path, tiny_model_dir):
+    """The tiny model with a test_metrics.json of made-up numbers: the card must show these."""
+    import json
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in (MODEL_FILENAME, CLASS_NAMES_FILENAME):
+        (folder / name).write_bytes((tiny_model_dir / name).read_bytes())
+    metrics = {"count": 16, "accuracy": 0.8125, "log_loss": 0.4321, "class_names": ["cat", "dog"],
+               "per_class": {"cat": {"precision": 0.75, "recall": 0.875}, "dog": {"precision": 0.857, "recall": 0.75}},
+               "confusion_matrix": [[7, 1], [2, 6]]}
+    (folder / "test_metrics.json").write_text(json.dumps(metrics))
+    return folder
+
+
+def _front_matter(readme: str) -> dict:
+    assert readme.startswith("---\n")
+    return yaml.safe_load(readme.split("---\n")[1])
+
+
+@needs_tensorflow
+def test_space_folder_has_everything_a_gradio_space_needs(tmp_path, measured_model):
+    import importlib.metadata
+
+    out = build_space(tmp_path / "space", measured_model)
+    assert (out / "app.py").read_bytes() == APP_FILE.read_bytes()  # one app, not two
+    readme = (out / "README.md").read_text(encoding="utf-8")
+    front = _front_matter(readme)
+    assert front["sdk"] == "gradio"
+    assert front["sdk_version"] == gr.__version__
+    assert front["app_file"] == "app.py"
+    assert front["python_version"] == f"{sys.version_info.major}.{sys.version_info.minor}"
+    for key in ("title", "emoji", "colorFrom", "colorTo", "license", "short_description"):
+        assert front[key], key
+    assert len(front["short_description"]) <= 60  # the Hub's limit
+    # The card's numbers come from the model's test_metrics.json.
+    assert "**0.8125** (13 / 16)" in readme
+    assert "0.4321" in readme
+    assert "+/-19.1 percentage points" in readme  # 1.96 * sqrt(0.8125 * 0.1875 / 16)
+    assert "cat or dog for **any** image" in readme
+
+    pins = dict(line.split("==") for line in (out / "requirements.txt").read_text().split())
+    assert list(pins) == list(REQUIREMENTS)
+    assert "tensorflow" not in pins  # CPU-only wheel
+    for name, pinned in pins.items():
+        assert pinned == importlib.metadata.version(name), name
+
+    source = REPO / "dogcat"
+    vendored = {p.relative_to(out / "dogcat") for p in (out / "dogcat").rglob("*") if p.is_file()}
+    assert vendored == {p.relative_to(source) for p in source.glob("*.py")}
+    assert not any(part in NOT_VENDORED for p in vendored for part in p.parts)
+    assert (out / "models" / MODEL_FILENAME).read_bytes() == (measured_model / MODEL_FILENAME).read_bytes()
+    assert (out / "models" / CLASS_NAMES_FILENAME).is_file()
+    assert {p.name for p in (out / "examples").iterdir()} == {p.name for p in (APP_FILE.parent / "examples").iterdir()}
+    assert "*.keras filter=lfs" in (out / ".gitattributes").read_text()
+
+
+@needs_tensorflow
+def test_card_says_when_nothing_was_measured(tmp_path, tiny_model_dir):
+    readme = (build_space(tmp_path / "space", tiny_model_dir) / "README.md").read_text(encoding="utf-8")
+    assert "Not measured: no `test_metrics.json`" in readme
+    assert "accuracy (" not in readme
+
+
+@needs_tensorflow
+def test_rebuilding_into_a_clone_of_the_space_keeps_its_other_files(tmp_path, tiny_model_dir):
+    out = tmp_path / "clone"
+    (out / ".git").mkdir(parents=True)
+    (out / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (out / ".gitattributes").write_text("*.pkl filter=lfs diff=lfs merge=lfs -text\n")
+    (out / "notes.txt").write_text("mine")
+    (out / "dogcat").mkdir()
+    (out / "dogcat" / "stale.py").write_text("# from an older build")
+    build_space(out, tiny_model_dir)
+    build_space(out, tiny_model_dir)  # twice: idempotent
+    assert (out / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"
+    assert (out / "notes.txt").read_text() == "mine"
+    assert not (out / "dogcat" / "stale.py").exists()
+    rules = (out / ".gitattributes").read_text().splitlines()
+    assert rules.count("*.pkl filter=lfs diff=lfs merge=lfs -text") == 1
+    assert "*.keras filter=lfs diff=lfs merge=lfs -text" in rules
+    assert not [p for p in out.iterdir() if p.name.startswith(".dogcat-space-")]  # no staging left
+
+
+def test_refuses_to_build_over_the_source_tree(tiny_model_dir):
+    with pytest.raises(SpaceError, match="source tree"):
+        build_space(REPO, tiny_model_dir)
+
+
+@needs_tensorflow
+def test_cli_space_build_and_a_missing_model(tmp_path, tiny_model_dir, capsys):
+    from dogcat.cli import main
+
+    assert main(["space", "build", str(tmp_path / "s"), "--model", str(tiny_model_dir)]) == 0
+    assert (tmp_path / "s" / "app.py").is_file()
+    assert "hf upload" in capsys.readouterr().out
+    assert main(["space", "build", str(tmp_path / "t"), "--model", str(tmp_path / "nope.keras")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dogcat: error: ")
+    assert len(err.strip().splitlines()) == 1
+
+
+# --- the built Space, served: a real server and a real client -------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _space_env(port: int, keep_backend: bool = False) -> dict[str, str]:
+    """The environment of a server under test: a Space has no $DOGCAT_MODEL nor $KERAS_BACKEND (so TensorFlow)."""
+    dropped = ("DOGCAT_MODEL", "PYTHONPATH") + (() if keep_backend else ("KERAS_BACKEND",))
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
+    env.update(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
+               HF_HUB_OFFLINE="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    return env
+
+
+def _wait_until_serving(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the Space's app.py exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"{url}/gradio_api/info", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.25)
+    pytest.fail(f"the Space did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory) -> Path:
+    """A Space built with the shipped model, as a user would push it."""
+    return build_space(tmp_path_factory.mktemp("space") / "out")
+
+
+@pytest.fixture(scope="module")
+def space_client(space, tmp_path_factory):
+    """`python app.py` in the Space folder, serving on 127.0.0.1:<free port>; always stopped."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("space_log") / "server.log"
+    with log.open("wb") as output:
+        process = subprocess.Popen([sys.executable, "app.py"], cwd=space, env=_space_env(port),
+                                   stdout=output, stderr=subprocess.STDOUT)
+    try:
+        _wait_until_serving(url, process, log, SERVER_START_TIMEOUT)
+        yield gradio_client.Client(url, verbose=False)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _probabilities(result: dict) -> dict[str, float]:
+    """gr.Label's API value -> {label: probability}."""
+    return {item["label"]: item["confidence"] for item in result["confidences"]}
+
+
+def _classify(client, path: Path) -> tuple[str, dict[str, float]]:
+    result = client.predict(gradio_client.handle_file(str(path)), api_name="/predict")
+    return result["label"], _probabilities(result)
+
+
+@pytest.mark.slow
+@needs_tensorflow
+def test_space_imports_its_vendored_package(space):
+    probe = subprocess.run([sys.executable, "-c", "import dogcat; print(dogcat.__file__)"], cwd=space,
+                           env=_space_env(0), capture_output=True, text=True, check=True, timeout=60)
+    assert Path(probe.stdout.strip()) == space / "dogcat" / "__init__.py"
+
+
+@pytest.mark.slow
+@needs_tensorflow
+def test_space_classifies_the_example_cat_and_refuses_a_corrupt_file(space, space_client, tmp_path):
+    label, probabilities = _classify(space_client, space / "examples" / "cat-chelsea.jpg")
+    assert label == "cat"
+    assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
+    with pytest.raises(gradio_client.exceptions.AppError) as caught:
+        _classify(space_client, corrupt)
+    message = str(caught.value)
+    assert message.startswith("Cannot read corrupt.jpg: ")
+    _assert_one_clean_line(message, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.shared_data
+@needs_tensorflow
+def test_space_classifies_real_photos_one_by_one_and_twenty_at_once(space_client, shared_data):
+    photos = {"cat": shared_data / REAL_CAT, "dog": shared_data / REAL_DOG}
+    answers = {}
+    for truth, path in photos.items():
+        label, probabilities = _classify(space_client, path)
+        assert label == truth
+        assert set(probabilities) == {"cat", "dog"}
+        assert probabilities[truth] > 0.9
+        assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+        answers[truth] = probabilities
+
+    # 20 requests in flight together, cats and dogs interleaved: each must get its own answer.
+    truths = ["cat", "dog"] * 10
+    jobs = [space_client.submit(gradio_client.handle_file(str(photos[t])), api_name="/predict") for t in truths]
+    results = [job.result(timeout=120) for job in jobs]  # all were submitted before the first is awaited
+    assert [r["label"] for r in results] == truths
+    for truth, result in zip(truths, results, strict=True):
+        for name, p in _probabilities(result).items():
+            assert p == pytest.approx(answers[truth][name], abs=1e-5)
+
+
+# --- `dogcat demo` -------------------------------------------------------------------------------
+
+
+def test_cli_demo_refuses_a_missing_model_in_one_line(tmp_path, capsys):
+    from dogcat.cli import main
+
+    assert main(["demo", "--model", str(tmp_path / "nope.keras")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dogcat: error: Model file not found")
+    assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_cli_demo_serves_the_app(tiny_model_dir, tmp_path):
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "demo.log"
+    command = [sys.executable, "-m", "dogcat", "demo", "--host", "127.0.0.1", "--port", str(port),
+               "--model", str(tiny_model_dir / MODEL_FILENAME)]
+    with log.open("wb") as output:
+        process = subprocess.Popen(command, cwd=tmp_path, env=_space_env(port, keep_backend=True),
+                                   stdout=output, stderr=subprocess.STDOUT)
+    try:
+        _wait_until_serving(url, process, log, SERVER_START_TIMEOUT)
+        photo = tmp_path / "drawn.png"
+        _drawn_photo("cat", 5, size=64).save(photo)
+        label, probabilities = _classify(gradio_client.Client(url, verbose=False), photo)
+        assert set(probabilities) == {"cat", "dog"}
+        assert label == max(probabilities, key=probabilities.get)
+        assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
