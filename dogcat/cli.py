@@ -26,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     from dogcat.preprocessing import ImageError
 
     try:
+        if args.handler is not _prepare:
+            _import_keras_quietly()
         return args.handler(args)
     except (ArtifactError, ConfigError, DataError, ImageError) as error:
         print(f"dogcat: error: {error}", file=sys.stderr)
@@ -33,6 +35,30 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("dogcat: interrupted", file=sys.stderr)
         return 130
+
+
+def _import_keras_quietly() -> None:
+    """Import Keras (and so its backend) with C-level stderr parked in a temporary file.
+
+    TensorFlow 2.21 prints absl and oneDNN start-up notices from C++ while importing, ignoring
+    TF_CPP_MIN_LOG_LEVEL, which would bury dogcat's one-line messages. They are shown only if
+    the import fails, since then they may explain why.
+    """
+    import tempfile
+
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            import keras  # noqa: F401
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def _parser() -> argparse.ArgumentParser:
