@@ -1,0 +1,68 @@
+import threading
+
+import numpy as np
+import pytest
+
+from dogcat.inference import Classifier
+from dogcat.preprocessing import ImageError
+from tests.conftest import _drawn_photo
+
+
+@pytest.fixture(scope="module")
+def classifier(tiny_model_dir):
+    return Classifier.from_path(tiny_model_dir / "dog_cat_classifier.keras")
+
+
+@pytest.fixture(scope="module")
+def varied_classifier():
+    """A small conv net whose answers differ per image (the untrained tiny MobileNetV2 says 0.5 to all)."""
+    import keras
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(8, 3, activation="tanh")(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(2, activation="softmax")(keras.layers.Dense(8, activation="tanh")(x))
+    return Classifier(keras.Model(inputs, outputs), {0: "cat", 1: "dog"})
+
+
+def test_predictions_are_the_same_when_many_threads_share_one_classifier(varied_classifier):
+    classifier = varied_classifier
+    """Streamlit sessions and Gradio workers share one Classifier: concurrent calls must not mix results."""
+    images = [np.asarray(_drawn_photo("cat" if i % 2 else "dog", i, size=48)) for i in range(8)]
+    expected = [classifier.predict_one(image) for image in images]
+    assert len({round(p["cat"], 6) for p in expected}) > 1, "images should give distinct answers"
+    results: dict[tuple[int, int], dict[str, float]] = {}
+    failures: list[BaseException] = []
+
+    def work(worker: int) -> None:
+        try:
+            for round_ in range(5):
+                index = (worker + round_) % len(images)
+                results[(worker, round_)] = (index, classifier.predict_one(images[index]))
+        except BaseException as error:
+            failures.append(error)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not failures
+    assert len(results) == 40
+    for index, probabilities in results.values():
+        assert probabilities == expected[index]
+
+
+def test_predict_keeps_input_order_and_reports_each_bad_source(classifier):
+    good = np.asarray(_drawn_photo("cat", 1))
+    results = classifier.predict([b"", good, b"not an image", good], names=["e", "g1", "t", "g2"])
+    assert [r.source for r in results] == ["e", "g1", "t", "g2"]
+    assert [r.error for r in results] == ["empty file", None, "not an image (or a format Pillow cannot read)", None]
+    assert results[1].probabilities == results[3].probabilities
+    assert sum(results[1].probabilities.values()) == pytest.approx(1, abs=1e-5)
+
+
+def test_predict_one_raises_a_one_line_image_error(classifier):
+    with pytest.raises(ImageError, match="not an image"):
+        classifier.predict_one(b"GIF89a but not really")
