@@ -24,7 +24,8 @@ def tests(session: nox.Session, backend: str) -> None:
     env = {"KERAS_BACKEND": backend}
     if backend == "jax":
         env["DOGCAT_EXPECT_NO_TENSORFLOW"] = "1"
-    _install_and_test(session, f"{backend},streamlit,gradio", env, "-m", "not portability")
+    extras = f"{backend},streamlit,gradio" + (",export" if backend == "tensorflow" else "")
+    _install_and_test(session, extras, env, "-m", "not portability")
 
 
 @nox.session

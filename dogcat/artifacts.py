@@ -8,6 +8,7 @@ only plain containers and scalars, then checks that the result is a dict of int 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 import os
@@ -20,6 +21,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 CLASS_NAMES = {0: "cat", 1: "dog"}
 MODEL_FILENAME = "dog_cat_classifier.keras"
 CLASS_NAMES_FILENAME = "class_names.pkl"
+ONNX_FILENAME = "dog_cat_classifier.onnx"  # written by `dogcat export` beside the .keras
 
 
 class ArtifactError(ValueError):
@@ -80,6 +82,14 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:

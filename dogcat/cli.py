@@ -86,15 +86,23 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("data", type=Path, help="prepared dataset folder, or a folder of labelled images")
     evaluate.add_argument("--split", default="test", help="split in the manifest (default: test)")
     evaluate.add_argument("--out", type=Path, help="write metrics.json and confusion_matrix.png here")
+    evaluate.add_argument("--runtime", choices=["auto", "keras", "onnx"], help="as for predict")
     evaluate.set_defaults(handler=_evaluate)
 
     predict = commands.add_parser("predict", help="classify image files, folders or globs")
     predict.add_argument("paths", nargs="+", help="files, folders (searched recursively) or glob patterns")
     predict.add_argument("--model", type=Path, help="a .keras file (default: the shipped model)")
+    predict.add_argument("--runtime", choices=["auto", "keras", "onnx"],
+                         help="auto (default): ONNX Runtime when a matching export exists, else Keras")
     output = predict.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="JSON lines, one object per image")
     output.add_argument("--csv", action="store_true", help="CSV with a header row")
     predict.set_defaults(handler=_predict)
+
+    export = commands.add_parser("export", help="write the ONNX twin of a .keras model beside it (fast CPU inference)")
+    export.add_argument("model", type=Path, nargs="?", help=".keras file (default: the shipped model)")
+    export.add_argument("--out", type=Path, help="output .onnx path (default: dog_cat_classifier.onnx beside the model)")
+    export.set_defaults(handler=_export)
 
     app = commands.add_parser("app", help="run the Streamlit app in the browser")
     app.add_argument("--model", type=Path, help="a .keras file (default: the shipped model)")
@@ -150,7 +158,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from dogcat.evaluate import evaluate, format_metrics
     from dogcat.inference import Classifier
 
-    metrics = evaluate(Classifier.from_path(args.model), args.data, args.split, args.out)
+    metrics = evaluate(Classifier.from_path(args.model, runtime=args.runtime), args.data, args.split, args.out)
     print(format_metrics(metrics))
     for skipped in metrics["skipped"]:
         print(f"dogcat: skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
@@ -161,7 +169,7 @@ def _predict(args: argparse.Namespace) -> int:
     from dogcat.inference import Classifier, Prediction
 
     sources, missing = expand_paths(args.paths)
-    classifier = Classifier.from_path(args.model)
+    classifier = Classifier.from_path(args.model, runtime=args.runtime)
     names = list(classifier.class_names.values())
     results = classifier.predict(sources) + [Prediction(m, error="no such file") for m in missing]
     if args.json:
@@ -187,6 +195,18 @@ def _predict(args: argparse.Namespace) -> int:
     for result in failed:
         print(f"dogcat: error: {result.source}: {result.error}", file=sys.stderr)
     return EXIT_FILE_ERRORS if failed else 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from dogcat.export import export_onnx
+    from dogcat.inference import Classifier, default_model_path
+
+    model = args.model or default_model_path()
+    out = export_onnx(model, args.out)
+    if args.out is None:  # beside the model: prove that predict will pick it up
+        assert Classifier.from_path(model).runtime == "onnx"
+    print(f"wrote {out}")
+    return 0
 
 
 def _app(args: argparse.Namespace) -> int:

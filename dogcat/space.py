@@ -43,11 +43,12 @@ APP_FILENAME = "gradio_app.py"
 NOT_VENDORED = ("__pycache__", "*.pyc", "_models", "_shipped_model", "_demos")
 
 # Files copied from beside the model when present: the card is built from them.
-MODEL_SIDE_FILES = ("test_metrics.json", "training.json", "config.toml", "confusion_matrix.png")
+MODEL_SIDE_FILES = ("dog_cat_classifier.onnx", "test_metrics.json", "training.json", "config.toml", "confusion_matrix.png")
 # What the Space installs, pinned to the versions installed (and tested) here.
 # tensorflow-cpu: a Space has no GPU, and the CPU wheel is a fraction of the size.
-REQUIREMENTS = ("gradio", "keras", "tensorflow-cpu", "pillow", "numpy", "tqdm", "matplotlib")
-LFS_PATTERNS = ("*.keras", "*.pkl", "*.png", "*.jpg")
+# onnxruntime serves the exported model when it is there; Keras stays as the reference and fallback.
+REQUIREMENTS = ("gradio", "keras", "tensorflow-cpu", "onnxruntime", "pillow", "numpy", "tqdm", "matplotlib")
+LFS_PATTERNS = ("*.keras", "*.onnx", "*.pkl", "*.png", "*.jpg")
 # The entries build_space owns in OUT; anything else there is left alone.
 MANAGED = ("app.py", "dogcat", "models", "examples", "requirements.txt", "README.md")
 
