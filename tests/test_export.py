@@ -69,7 +69,7 @@ def test_a_stale_export_is_never_used(exported, tmp_path, tiny_model_dir):
     # Retrain (here: replace) the .keras without exporting again.
     shutil.copy(tiny_model_dir / "dog_cat_classifier.keras", folder / "dog_cat_classifier.keras")
     assert Classifier.from_path(folder / "dog_cat_classifier.keras").runtime == "keras"
-    with pytest.raises(ArtifactError, match="exported from a different .keras file"):
+    with pytest.raises(ArtifactError, match=r"exported from a different \.keras file"):
         Classifier.from_path(folder / "dog_cat_classifier.keras", runtime="onnx")
 
 
