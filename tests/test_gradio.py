@@ -6,14 +6,12 @@ the shipped model, start its app.py as a server on 127.0.0.1 and talk to it with
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import io
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -25,6 +23,7 @@ yaml = pytest.importorskip("yaml")  # a Gradio dependency; parses the Space's fr
 from dogcat.artifacts import CLASS_NAMES_FILENAME, MODEL_FILENAME  # noqa: E402
 from dogcat.space import NOT_VENDORED, REQUIREMENTS, SpaceError, build_space  # noqa: E402
 from tests.conftest import REAL_CAT, REAL_DOG, REPO, _drawn_photo  # noqa: E402
+from tests.servers import free_port, serving  # noqa: E402
 
 APP_FILE = REPO / "demos" / "gradio_app.py"
 SERVER_START_TIMEOUT = 120  # seconds; the server is usually up in 6-10 s here
@@ -40,7 +39,15 @@ def _load_app(model_dir: Path):
         patch.setenv("DOGCAT_MODEL", str(model_dir / MODEL_FILENAME))
         spec = importlib.util.spec_from_file_location("gradio_app_under_test", APP_FILE)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        # No garbage collection while the app builds: in this long pytest process a collection
+        # that lands inside gr.Blocks()'s `import IPython` probe breaks importlib's module lock
+        # (KeyError in _ModuleLock, CPython 3.11). Servers started by the tests below are not
+        # affected, and neither are `python app.py` or `dogcat demo`.
+        gc.disable()
+        try:
+            spec.loader.exec_module(module)
+        finally:
+            gc.enable()
     return module
 
 
@@ -226,12 +233,6 @@ def test_cli_space_build_and_a_missing_model(tmp_path, tiny_model_dir, capsys):
 # --- the built Space, served: a real server and a real client -------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _space_env(port: int, keep_backend: bool = False) -> dict[str, str]:
     """The environment of a server under test: a Space has no $DOGCAT_MODEL nor $KERAS_BACKEND (so TensorFlow)."""
     dropped = ("DOGCAT_MODEL", "PYTHONPATH") + (() if keep_backend else ("KERAS_BACKEND",))
@@ -239,20 +240,6 @@ def _space_env(port: int, keep_backend: bool = False) -> dict[str, str]:
     env.update(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
                HF_HUB_OFFLINE="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
     return env
-
-
-def _wait_until_serving(url: str, process: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the Space's app.py exited with {process.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(f"{url}/gradio_api/info", timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.25)
-    pytest.fail(f"the Space did not answer within {timeout} s:\n{log.read_text()[-3000:]}")
 
 
 @pytest.fixture(scope="module")
@@ -264,22 +251,12 @@ def space(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def space_client(space, tmp_path_factory):
     """`python app.py` in the Space folder, serving on 127.0.0.1:<free port>; always stopped."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path_factory.mktemp("space_log") / "server.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen([sys.executable, "app.py"], cwd=space, env=_space_env(port),
-                                   stdout=output, stderr=subprocess.STDOUT)
-    try:
-        _wait_until_serving(url, process, log, SERVER_START_TIMEOUT)
+    with serving([sys.executable, "app.py"], f"{url}/gradio_api/info", log, SERVER_START_TIMEOUT,
+                 cwd=space, env=_space_env(port)):
         yield gradio_client.Client(url, verbose=False)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _probabilities(result: dict) -> dict[str, float]:
@@ -354,26 +331,16 @@ def test_cli_demo_refuses_a_missing_model_in_one_line(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_cli_demo_serves_the_app(tiny_model_dir, tmp_path):
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = tmp_path / "demo.log"
     command = [sys.executable, "-m", "dogcat", "demo", "--host", "127.0.0.1", "--port", str(port),
                "--model", str(tiny_model_dir / MODEL_FILENAME)]
-    with log.open("wb") as output:
-        process = subprocess.Popen(command, cwd=tmp_path, env=_space_env(port, keep_backend=True),
-                                   stdout=output, stderr=subprocess.STDOUT)
-    try:
-        _wait_until_serving(url, process, log, SERVER_START_TIMEOUT)
+    with serving(command, f"{url}/gradio_api/info", log, SERVER_START_TIMEOUT,
+                 cwd=tmp_path, env=_space_env(port, keep_backend=True)):
         photo = tmp_path / "drawn.png"
         _drawn_photo("cat", 5, size=64).save(photo)
         label, probabilities = _classify(gradio_client.Client(url, verbose=False), photo)
         assert set(probabilities) == {"cat", "dog"}
         assert label == max(probabilities, key=probabilities.get)
         assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import REAL_CAT, REAL_DOG, REPO
+from tests.servers import free_port, serving
 
 CHROMIUM = os.environ.get("DOGCAT_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -27,40 +24,14 @@ pytestmark = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def app_url(tmp_path):
-    port = _free_port()
+    port = free_port()
     dogcat = shutil.which("dogcat")
     command = [dogcat] if dogcat else [sys.executable, "-m", "dogcat"]
-    log = (tmp_path / "app.log").open("w")
-    server = subprocess.Popen([*command, "app", "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.read() == b"ok":
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"dogcat app did not start: {(tmp_path / 'app.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    with serving([*command, "app", "--port", str(port)], f"{url}/_stcore/health", tmp_path / "app.log", 90, cwd=REPO):
         yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 @pytest.mark.shared_data
