@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from imagegen import encode, make_pet, write_pet
 
 from dogcat.data import LABELS, MANIFEST_FIELDS, SPLITS, DataError, prepare, read_split
+from tests.imagegen import encode, make_pet, write_pet
 
 N_GOOD = 12  # usable images per class in every generated source
 BAD = {"cat.900.jpg", "dog.901.jpg", "cat.902.jpg", "cat.903.jpg", "dog.904.jpg"}

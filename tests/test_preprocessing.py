@@ -6,7 +6,18 @@ import io
 
 import numpy as np
 import pytest
-from imagegen import (
+from PIL import Image
+
+from dogcat import preprocessing
+from dogcat.preprocessing import (
+    MAX_PIXELS,
+    ImageError,
+    decode_image,
+    load_image,
+    preprocess,
+    to_model_input,
+)
+from tests.imagegen import (
     BLUE,
     GREEN,
     RED,
@@ -19,17 +30,6 @@ from imagegen import (
     make_image,
     make_pet,
     quadrants,
-)
-from PIL import Image
-
-from dogcat import preprocessing
-from dogcat.preprocessing import (
-    MAX_PIXELS,
-    ImageError,
-    decode_image,
-    load_image,
-    preprocess,
-    to_model_input,
 )
 
 SIZE = 224
