@@ -6,7 +6,9 @@
     OUT/dogcat/            this package's source, vendored, so no dogcat release is needed
     OUT/models/            the model, its class names and the metrics files found beside it
     OUT/examples/          the demo's example photos and their licences
-    OUT/requirements.txt   the versions installed here, pinned; CPU-only TensorFlow
+    OUT/requirements.txt   the versions installed here, pinned: with a matching ONNX export beside
+                           the model, only Gradio, ONNX Runtime, Pillow and NumPy (no TensorFlow);
+                           otherwise Keras and CPU-only TensorFlow as well
     OUT/README.md          Spaces front matter + a model card whose numbers are read from files
     OUT/.gitattributes     Git LFS rules for the binary files, for a `git push` of the folder
 
@@ -36,6 +38,7 @@ from dogcat.artifacts import (
     load_model_card,
     write_text_atomic,
 )
+from dogcat.inference import OnnxRunner, onnx_runner_for
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 APP_FILENAME = "gradio_app.py"
@@ -46,7 +49,10 @@ NOT_VENDORED = ("__pycache__", "*.pyc", "_models", "_shipped_model", "_demos")
 MODEL_SIDE_FILES = ("dog_cat_classifier.onnx", "test_metrics.json", "training.json", "config.toml", "confusion_matrix.png")
 # What the Space installs, pinned to the versions installed (and tested) here.
 # tensorflow-cpu: a Space has no GPU, and the CPU wheel is a fraction of the size.
-# onnxruntime serves the exported model when it is there; Keras stays as the reference and fallback.
+# A model with a matching ONNX twin (`dogcat export`) is served by ONNX Runtime, which needs
+# neither Keras nor TensorFlow: the Space installs only what that path imports.
+ONNX_REQUIREMENTS = ("gradio", "onnxruntime", "pillow", "numpy")
+# Without one, the Space runs the .keras model itself.
 REQUIREMENTS = ("gradio", "keras", "tensorflow-cpu", "onnxruntime", "pillow", "numpy", "tqdm", "matplotlib")
 LFS_PATTERNS = ("*.keras", "*.onnx", "*.pkl", "*.png", "*.jpg")
 # The entries build_space owns in OUT; anything else there is left alone.
@@ -77,10 +83,10 @@ def find_gradio_app() -> Path:
     return app
 
 
-def pinned_requirements() -> list[str]:
-    """`name==version` for each of REQUIREMENTS, as installed in this environment."""
+def pinned_requirements(names: tuple[str, ...] = REQUIREMENTS) -> list[str]:
+    """`name==version` for each of `names`, as installed in this environment."""
     lines = []
-    for name in REQUIREMENTS:
+    for name in names:
         # Where TensorFlow came as the full `tensorflow` wheel (macOS), pin the CPU wheel to its version.
         candidates = ("tensorflow-cpu", "tensorflow") if name == "tensorflow-cpu" else (name,)
         for candidate in candidates:
@@ -114,7 +120,8 @@ def build_space(out_dir: str | Path, model_path: str | Path | None = None) -> Pa
     if out.exists() and not out.is_dir():
         raise SpaceError(f"The output path exists and is not a folder. Received: out_dir={str(out)!r}")
     app = find_gradio_app()
-    requirements = pinned_requirements()
+    serves_onnx = isinstance(onnx_runner_for(model), OnnxRunner)
+    requirements = pinned_requirements(ONNX_REQUIREMENTS if serves_onnx else REQUIREMENTS)
 
     out.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=out, prefix=".dogcat-space-"))

@@ -21,7 +21,7 @@ gradio_client = pytest.importorskip("gradio_client")
 yaml = pytest.importorskip("yaml")  # a Gradio dependency; parses the Space's front matter
 
 from dogcat.artifacts import CLASS_NAMES_FILENAME, MODEL_FILENAME  # noqa: E402
-from dogcat.space import NOT_VENDORED, REQUIREMENTS, SpaceError, build_space  # noqa: E402
+from dogcat.space import NOT_VENDORED, ONNX_REQUIREMENTS, REQUIREMENTS, SpaceError, build_space  # noqa: E402
 from tests.conftest import REAL_CAT, REAL_DOG, REPO, _drawn_photo  # noqa: E402
 from tests.servers import free_port, serving  # noqa: E402
 
@@ -183,6 +183,23 @@ def test_space_folder_has_everything_a_gradio_space_needs(tmp_path, measured_mod
     assert (out / "models" / CLASS_NAMES_FILENAME).is_file()
     assert {p.name for p in (out / "examples").iterdir()} == {p.name for p in (APP_FILE.parent / "examples").iterdir()}
     assert "*.keras filter=lfs" in (out / ".gitattributes").read_text()
+
+
+def test_space_of_an_exported_model_runs_without_keras_or_tensorflow(space):
+    """The shipped model has a matching ONNX twin, so its Space installs and imports no TensorFlow."""
+    pins = dict(line.split("==") for line in (space / "requirements.txt").read_text().split())
+    assert list(pins) == list(ONNX_REQUIREMENTS)
+    assert (space / "models" / "dog_cat_classifier.onnx").is_file()
+    # Import the app with keras and tensorflow made unimportable: it must build and answer.
+    probe = (
+        "import sys; sys.modules.update(keras=None, tensorflow=None); import runpy; "
+        "app = runpy.run_path('app.py', run_name='space_probe'); "
+        "print(app['CLASSIFIER'].runtime, sorted(app['predict']('examples/cat-chelsea.jpg')))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], cwd=space, env=_space_env(0),
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "onnx ['cat', 'dog']"
 
 
 @needs_tensorflow
