@@ -105,9 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     export.set_defaults(handler=_export)
 
     app = commands.add_parser("app", help="run the Streamlit app in the browser")
-    app.add_argument("--model", type=Path, help="a .keras file (default: the shipped model)")
-    app.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    app.add_argument("--port", type=int, default=8501, help="port (default: 8501)")
+    _add_server_arguments(app, port=8501)
     app.set_defaults(handler=_app)
 
     # Gradio demo and Hugging Face Space (dogcat.space, demos/gradio_app.py).
@@ -117,11 +115,15 @@ def _parser() -> argparse.ArgumentParser:
     space_build.add_argument("--model", type=Path, help="a .keras file or run folder (default: the shipped model)")
     space_build.set_defaults(handler=_space_build)
     demo = commands.add_parser("demo", help="run the Gradio demo (the Space's app) locally")
-    demo.add_argument("--model", type=Path, help="a .keras file (default: the shipped model)")
-    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    demo.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    _add_server_arguments(demo, port=7860)
     demo.set_defaults(handler=_demo)
     return parser
+
+
+def _add_server_arguments(parser: argparse.ArgumentParser, port: int) -> None:
+    parser.add_argument("--model", type=Path, help="a .keras file (default: the shipped model)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=port, help=f"port (default: {port})")
 
 
 def _prepare(args: argparse.Namespace) -> int:

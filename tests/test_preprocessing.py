@@ -48,6 +48,15 @@ def assert_colour(region: np.ndarray, rgb, atol: float = 2 / 255) -> None:
     np.testing.assert_allclose(region.reshape(-1, 3), np.broadcast_to(np.array(rgb) / 255, (region.size // 3, 3)), atol=atol)
 
 
+def assert_quadrants(x, margin: int, atol: float) -> None:
+    """The `quadrants` picture, upright: red, blue / green, yellow, away from the borders."""
+    a, b = SIZE // 2 - margin, SIZE // 2 + margin
+    assert_colour(x[:a, :a], RED, atol=atol)
+    assert_colour(x[:a, b:], BLUE, atol=atol)
+    assert_colour(x[b:, :a], GREEN, atol=atol)
+    assert_colour(x[b:, b:], YELLOW, atol=atol)
+
+
 def image_error(source, match: str) -> str:
     with pytest.raises(ImageError, match=match) as info:
         preprocess(source)
@@ -142,12 +151,7 @@ def test_exif_orientation_gives_the_upright_picture(orientation):
     data = make_exif_jpeg(upright, orientation)
     stored = Image.open(io.BytesIO(data))
     assert stored.size == ((60, 90) if orientation >= 5 else (90, 60))
-    x = check_tensor(preprocess(data))
-    a, b = SIZE // 2 - 12, SIZE // 2 + 12
-    assert_colour(x[:a, :a], RED, atol=0.08)
-    assert_colour(x[:a, b:], BLUE, atol=0.08)
-    assert_colour(x[b:, :a], GREEN, atol=0.08)
-    assert_colour(x[b:, b:], YELLOW, atol=0.08)
+    assert_quadrants(check_tensor(preprocess(data)), margin=12, atol=0.08)
 
 
 @pytest.mark.parametrize("orientation", [6, 8])
@@ -360,11 +364,7 @@ def test_big_jpeg_is_draft_decoded_and_still_correct(big_jpeg):
     assert drafted.mode == "RGB"
 
     x = check_tensor(preprocess(big_jpeg))
-    a, b = SIZE // 2 - 4, SIZE // 2 + 4
-    assert_colour(x[:a, :a], RED, atol=0.03)
-    assert_colour(x[:a, b:], BLUE, atol=0.03)
-    assert_colour(x[b:, :a], GREEN, atol=0.03)
-    assert_colour(x[b:, b:], YELLOW, atol=0.03)
+    assert_quadrants(x, margin=4, atol=0.03)
     reference = to_model_input(np.asarray(full.resize((SIZE, SIZE), Image.Resampling.BILINEAR)))
     assert np.abs(x - reference).mean() < 0.01
 
