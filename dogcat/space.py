@@ -43,7 +43,7 @@ from dogcat.inference import OnnxRunner, onnx_runner_for
 PACKAGE_DIR = Path(__file__).resolve().parent
 APP_FILENAME = "gradio_app.py"
 # Folders a wheel carries inside the package (see dogcat.artifacts.bundled_file): not vendored.
-NOT_VENDORED = ("__pycache__", "*.pyc", "_models", "_shipped_model", "_demos")
+NOT_VENDORED = ("__pycache__", "*.pyc", "_models", "_demos")
 
 # Files copied from beside the model when present: the card is built from them.
 MODEL_SIDE_FILES = ("dog_cat_classifier.onnx", "test_metrics.json", "training.json", "config.toml", "confusion_matrix.png")
