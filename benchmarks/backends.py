@@ -6,7 +6,7 @@ Each backend runs in its own process (Keras fixes its backend at import) on the 
 - training: the default model (ImageNet weights, last block unfrozen), `train_on_batch` on a
   batch of 32 images at 224 px, median over --steps steps after 2 warm-up steps;
 - inference: `Classifier.predict_one` on a 200x200 JPEG file (decode + resize + model), p50 and
-  p95 over --requests calls after 3 warm-up calls, with the shipped model.
+  p95 over --requests calls after 3 warm-up calls, with the shipped model on the Keras runtime.
 TensorFlow, the default backend, is the baseline: ratios are JAX time / TensorFlow time.
 Needs both backends installed (`pip install ".[tensorflow,jax]"`) and the ImageNet file cached.
 """
@@ -47,7 +47,7 @@ def worker(steps: int, requests: int, photo: str) -> dict:
         if step >= 2:
             step_times.append(time.perf_counter() - started)
 
-    classifier = Classifier.from_path()
+    classifier = Classifier.from_path(runtime="keras")  # the backend under test, not the ONNX twin
     latencies = []
     for call in range(requests + 3):
         started = time.perf_counter()
