@@ -25,7 +25,6 @@ import math
 import shutil
 import sys
 import tempfile
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +37,7 @@ from dogcat.artifacts import (
     load_model_card,
     write_text_atomic,
 )
+from dogcat.config import Config, ConfigError, load_config
 from dogcat.inference import OnnxRunner, onnx_runner_for
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -179,10 +179,13 @@ def _ensure_lfs_rules(path: Path) -> None:
         write_text_atomic(path, text + ("" if not text or text.endswith("\n") else "\n") + "\n".join(missing) + "\n")
 
 
-def _read_toml(path: Path) -> dict[str, Any] | None:
+def _run_config(path: Path) -> Config | None:
+    """The resolved config a run saved beside its model, read by the project's one config loader."""
+    if not path.is_file():
+        return None
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        return load_config(path)
+    except ConfigError:
         return None
 
 
@@ -201,7 +204,7 @@ def space_readme(models: Path, class_names: dict[int, str], requirements: list[s
     lines = ["---", *(f"{key}: {_yaml_scalar(front[key])}" for key in order), "---", ""]
     card = load_model_card(models / MODEL_FILENAME)
     metrics, training = card.get("test"), card.get("training")
-    config = _read_toml(models / "config.toml")
+    config = _run_config(models / "config.toml")
     names = ", ".join(f"{index}: {name}" for index, name in sorted(class_names.items()))
     size_mb = (models / MODEL_FILENAME).stat().st_size / 1e6
 
@@ -264,18 +267,18 @@ def space_readme(models: Path, class_names: dict[int, str], requirements: list[s
     return "\n".join(lines)
 
 
-def _recipe(config: dict[str, Any] | None, training: dict[str, Any] | None) -> list[str]:
-    if not config:
-        return ["Not recorded (no `config.toml` beside the model)."]
-    data, model, train = config.get("data", {}), config.get("model", {}), config.get("train", {})
+def _recipe(config: Config | None, training: dict[str, Any] | None) -> list[str]:
+    if config is None:
+        return ["Not recorded (no readable `config.toml` beside the model)."]
+    data, model, train = config.data, config.model, config.train
     lines = [
-        f"- Input {data.get('image_size')} px; augmentation: flip `{model.get('flip')}`, rotation "
-        f"+/-{float(model.get('rotation', 0)) * 360:.0f} deg (training only).",
-        f"- {train.get('head_epochs')} epochs with the MobileNetV2 base frozen (Adam {train.get('learning_rate')}), "
-        f"then the last {model.get('fine_tune_blocks')} block(s) unfrozen, BatchNorm kept frozen "
-        f"(Adam {train.get('fine_tune_learning_rate')}), up to {train.get('epochs')} epochs in all; "
-        f"batch {train.get('batch_size')}; head Dense({model.get('dense_units')}) with dropout {model.get('dropout')}; "
-        f"early stopping on validation loss (patience {train.get('early_stopping_patience')}); seed {train.get('seed')}.",
+        f"- Input {data.image_size} px; augmentation: flip `{model.flip}`, rotation "
+        f"+/-{model.rotation * 360:.0f} deg (training only).",
+        f"- {train.head_epochs} epochs with the MobileNetV2 base frozen (Adam {train.learning_rate}), "
+        f"then the last {model.fine_tune_blocks} block(s) unfrozen, BatchNorm kept frozen "
+        f"(Adam {train.fine_tune_learning_rate}), up to {train.epochs} epochs in all; "
+        f"batch {train.batch_size}; head Dense({model.dense_units}) with dropout {model.dropout}; "
+        f"early stopping on validation loss (patience {train.early_stopping_patience}); seed {train.seed}.",
     ]
     if training:
         lines.append(

@@ -185,6 +185,15 @@ def test_space_folder_has_everything_a_gradio_space_needs(tmp_path, measured_mod
     assert "*.keras filter=lfs" in (out / ".gitattributes").read_text()
 
 
+def test_card_recipe_is_read_from_the_models_config(space):
+    from dogcat.config import load_config
+
+    config = load_config(REPO / "models" / "config.toml")
+    readme = (space / "README.md").read_text(encoding="utf-8")
+    assert f"up to {config.train.epochs} epochs in all; batch {config.train.batch_size}" in readme
+    assert f"Input {config.data.image_size} px" in readme
+
+
 def test_space_of_an_exported_model_runs_without_keras_or_tensorflow(space):
     """The shipped model has a matching ONNX twin, so its Space installs and imports no TensorFlow."""
     pins = dict(line.split("==") for line in (space / "requirements.txt").read_text().split())
