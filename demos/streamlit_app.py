@@ -78,6 +78,8 @@ def show_prediction(upload: Upload, prediction: Prediction, threshold: float) ->
         st.error(f"{upload.name}: {prediction.error}")
         return
     # st.image ignores EXIF orientation (streamlit#6809), so show the upright decode instead.
+    # This is a second, display-sized decode on purpose: the model's input must come from
+    # decode_image on the original bytes, exactly as in training, not from this preview.
     try:
         preview = load_image(io.BytesIO(upload.data), draft_size=PREVIEW_SIZE)
         preview.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
