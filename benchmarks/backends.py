@@ -24,29 +24,16 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._results import write_section  # noqa: E402
+from benchmarks._results import fine_tune_step_seconds, write_section  # noqa: E402
 
 
 def worker(steps: int, requests: int, photo: str) -> dict:
     import keras
     import numpy as np
 
-    from dogcat.config import ModelConfig
     from dogcat.inference import Classifier
-    from dogcat.model import build_model
 
-    keras.utils.set_random_seed(0)
-    model = build_model(ModelConfig(), 224)
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy")
-    images = np.random.default_rng(0).random((32, 224, 224, 3), dtype=np.float32)
-    labels = np.arange(32) % 2
-    step_times = []
-    for step in range(steps + 2):
-        started = time.perf_counter()
-        model.train_on_batch(images, labels)
-        if step >= 2:
-            step_times.append(time.perf_counter() - started)
-
+    train_step = fine_tune_step_seconds(steps)
     classifier = Classifier.from_path(runtime="keras")  # the backend under test, not the ONNX twin
     latencies = []
     for call in range(requests + 3):
@@ -56,7 +43,7 @@ def worker(steps: int, requests: int, photo: str) -> dict:
             latencies.append(time.perf_counter() - started)
     return {
         "backend": keras.backend.backend(),
-        "train_step_s": float(np.median(step_times)),
+        "train_step_s": train_step,
         "predict_p50_ms": float(np.percentile(latencies, 50) * 1000),
         "predict_p95_ms": float(np.percentile(latencies, 95) * 1000),
     }

@@ -13,35 +13,20 @@ import argparse
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks._results import write_section  # noqa: E402
+from benchmarks._results import fine_tune_step_seconds, write_section  # noqa: E402
 
 POLICIES = ("float32", "mixed_bfloat16", "mixed_float16")
 
 
 def worker(policy: str, steps: int) -> float:
     import keras
-    import numpy as np
 
     keras.mixed_precision.set_global_policy(policy)
-    from dogcat.config import ModelConfig
-    from dogcat.model import build_model
-
-    model = build_model(ModelConfig(), 224, seed=0)
-    model.compile(optimizer=keras.optimizers.Adam(1e-4), loss="sparse_categorical_crossentropy")
-    images = np.random.default_rng(0).random((32, 224, 224, 3), dtype=np.float32)
-    labels = np.arange(32) % 2
-    times = []
-    for step in range(steps + 2):
-        started = time.perf_counter()
-        model.train_on_batch(images, labels)
-        if step >= 2:
-            times.append(time.perf_counter() - started)
-    return float(np.median(times))
+    return fine_tune_step_seconds(steps)
 
 
 def main() -> None:
