@@ -38,6 +38,9 @@ class TrainConfig:
     learning_rate: float = 1e-3  # head-only phase
     fine_tune_learning_rate: float = 1e-4  # small, so the pretrained block is nudged, not wrecked
     early_stopping_patience: int = 3  # epochs without val_loss improvement; 0 disables
+    # Fixed augmented views per training image whose frozen-trunk activations are computed once
+    # (dogcat.features); 0 runs the whole network every step with fresh augmentation (slow).
+    views: int = 4
     output_dir: str = "runs"
 
 

@@ -4,8 +4,12 @@ Two phases, as in the Keras transfer-learning guide: `head_epochs` with the whol
 (a fresh head's large gradients would otherwise wreck the pretrained block), then the last
 `fine_tune_blocks` blocks unfrozen and the model recompiled with a small learning rate.
 
-After every epoch the run folder gets, each written atomically: `checkpoint.keras` (model and
-optimizer), `best.weights.h5` when val_loss improves, `history.csv` and `state.json`. Running
+With `train.views` (the default) the frozen part of the base runs once per fixed augmented view
+of each image, before the first epoch, and the epochs train only the top of the network on
+those cached activations (dogcat.features); `train.views = 0` runs the whole network every step.
+
+After every epoch the run folder gets, each written atomically: `checkpoint.weights.h5` and
+`optimizer.npz` (the Adam state), `best.weights.h5` when val_loss improves, `history.csv` and `state.json`. Running
 the same `--run-dir` again resumes after the last finished epoch. At the end the best weights
 are restored and the run folder holds `dog_cat_classifier.keras`, `class_names.pkl`,
 `config.toml` (the resolved config), `history.csv`, `metrics.json` and `training_curves.png`.
@@ -24,6 +28,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from dogcat.artifacts import (
     CLASS_NAMES,
@@ -31,13 +36,17 @@ from dogcat.artifacts import (
     MODEL_FILENAME,
     save_atomic,
     save_class_names,
+    write_bytes_atomic,
     write_text_atomic,
 )
 from dogcat.config import Config, load_config
 from dogcat.data import read_split
-from dogcat.dataset import load_split_batches
-from dogcat.model import build_model, load_model, set_fine_tuning
+from dogcat.dataset import ImageBatches, decode_all
+from dogcat.features import CachedViews, cache_activations, split_model, trunk_function
+from dogcat.model import build_model, set_fine_tuning
 
+CHECKPOINT_FILENAME = "checkpoint.weights.h5"
+OPTIMIZER_FILENAME = "optimizer.npz"
 HISTORY_FIELDS = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
 
 
@@ -70,32 +79,36 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
         state = {"epoch": 0, "phase": None, "best_val_loss": None, "best_epoch": None, "wait": 0, "finished": False}
 
     tc, size = config.train, config.data.image_size
+    if tc.views < 0:
+        raise TrainError(f"train.views must be 0 (no cache) or more. Received: train.views={tc.views}")
+    started_at = time.perf_counter()
     keras.utils.set_random_seed(tc.seed)
-    train_batches = load_split_batches(read_split(config.data.dir, "train"), size, tc.batch_size, True, tc.seed, "train", progress)
-    val_batches = load_split_batches(read_split(config.data.dir, "val"), size, tc.batch_size, False, tc.seed, "val", progress)
-
+    model = build_model(config.model, size, len(CLASS_NAMES), seed=tc.seed)
     if state["epoch"] > 0:
-        model = load_model(run_dir / "checkpoint.keras", compile=True)
-    else:
-        model = build_model(config.model, size, len(CLASS_NAMES), seed=tc.seed)
+        model.load_weights(run_dir / CHECKPOINT_FILENAME)
+    fitted, train_batches, val_batches = _fit_inputs(config, model, progress, log)
+    setup_seconds = time.perf_counter() - started_at
     history = _read_history(run_dir / "history.csv") if state["epoch"] > 0 else []
 
+    compiled_phase = None
     for epoch in range(state["epoch"], tc.epochs):
         phase = "head" if epoch < tc.head_epochs and config.model.fine_tune_blocks > 0 else "fine_tune"
-        if phase != state["phase"]:
+        if phase != compiled_phase:
             set_fine_tuning(model, 0 if phase == "head" else config.model.fine_tune_blocks)
             learning_rate = tc.learning_rate if phase == "head" else tc.fine_tune_learning_rate
-            model.compile(
+            fitted.compile(
                 optimizer=keras.optimizers.Adam(learning_rate),
                 loss="sparse_categorical_crossentropy",
                 metrics=["accuracy"],
             )
-            state["phase"] = phase
+            if phase == state["phase"]:  # resuming mid-phase: continue with the saved Adam moments
+                _load_optimizer(fitted, run_dir / OPTIMIZER_FILENAME)
+            compiled_phase = state["phase"] = phase
         train_batches.set_epoch(epoch)
         started = time.perf_counter()
-        result = model.fit(train_batches, validation_data=val_batches, initial_epoch=epoch, epochs=epoch + 1, verbose=0)
+        result = fitted.fit(train_batches, validation_data=val_batches, initial_epoch=epoch, epochs=epoch + 1, verbose=0)
         row = {key: float(values[-1]) for key, values in result.history.items()}
-        row.update(epoch=epoch + 1, phase=phase, learning_rate=float(model.optimizer.learning_rate),
+        row.update(epoch=epoch + 1, phase=phase, learning_rate=float(fitted.optimizer.learning_rate),
                    seconds=round(time.perf_counter() - started, 2))
         history.append(row)
 
@@ -105,7 +118,8 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
             save_atomic(run_dir / "best.weights.h5", model.save_weights)
         else:
             state["wait"] += 1
-        save_atomic(run_dir / "checkpoint.keras", model.save)
+        save_atomic(run_dir / CHECKPOINT_FILENAME, model.save_weights)
+        _save_optimizer(fitted, run_dir / OPTIMIZER_FILENAME)
         _write_history(run_dir / "history.csv", history)
         state["epoch"] = epoch + 1
         write_text_atomic(state_path, json.dumps(state, indent=2))
@@ -131,6 +145,8 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
         "val_loss": best["val_loss"],
         "val_accuracy": best["val_accuracy"],
         "train_seconds": round(sum(row["seconds"] for row in history), 1),
+        "setup_seconds": round(setup_seconds, 1),  # this session's decoding (and caching, with views)
+        "views": tc.views,
         "data_manifest_sha256": _manifest_hash(config.data.dir),
         "keras_version": keras.__version__,
         "backend": keras.backend.backend(),
@@ -139,10 +155,49 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
     _plot_history(history, run_dir / "training_curves.png")
     state["finished"] = True
     write_text_atomic(state_path, json.dumps(state, indent=2))
-    (run_dir / "checkpoint.keras").unlink(missing_ok=True)  # only needed to resume
+    for name in (CHECKPOINT_FILENAME, OPTIMIZER_FILENAME):  # only needed to resume
+        (run_dir / name).unlink(missing_ok=True)
     log(f"best epoch {state['best_epoch']}: val_loss {best['val_loss']:.4f} val_acc {best['val_accuracy']:.4f}")
     log(f"model: {run_dir / MODEL_FILENAME}")
     return run_dir
+
+
+def _fit_inputs(config: Config, model: keras.Model, progress: bool, log: Callable[[str], None]):
+    """(model to fit, train batches, val batches).
+
+    With `train.views`, the top of the network on cached frozen-trunk activations (see
+    dogcat.features); with views = 0, the whole model on images, augmented on the fly.
+    """
+    tc, size = config.train, config.data.image_size
+    train_split, val_split = read_split(config.data.dir, "train"), read_split(config.data.dir, "val")
+    train_images = decode_all(train_split.paths, size, "decoding train", progress)
+    val_images = decode_all(val_split.paths, size, "decoding val", progress)
+    if not tc.views:
+        return (model, ImageBatches(train_images, train_split.labels, tc.batch_size, True, tc.seed),
+                ImageBatches(val_images, val_split.labels, tc.batch_size))
+    started = time.perf_counter()
+    _, top = split_model(model, config.model.fine_tune_blocks)
+    trunk, runtime = trunk_function(model, config.model.fine_tune_blocks)
+    train_cache = cache_activations(trunk, train_images, config.model, tc.views, tc.seed, "caching train", progress)
+    val_cache = cache_activations(trunk, val_images, config.model, 1, tc.seed, "caching val", progress)
+    log(f"cached the frozen trunk's output for {tc.views} views of {len(train_images)} training images "
+        f"({runtime}, {time.perf_counter() - started:.0f}s)")
+    return (top, CachedViews(train_cache, train_split.labels, tc.batch_size, True, tc.seed),
+            CachedViews(val_cache, val_split.labels, tc.batch_size))
+
+
+def _save_optimizer(model: keras.Model, path: Path) -> None:
+    store: dict = {}
+    model.optimizer.save_own_variables(store)
+    buffer = io.BytesIO()
+    np.savez(buffer, **store)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def _load_optimizer(model: keras.Model, path: Path) -> None:
+    model.optimizer.build(model.trainable_variables)
+    with np.load(path) as store:
+        model.optimizer.load_own_variables(dict(store))
 
 
 def _manifest_hash(data_dir: str) -> str | None:

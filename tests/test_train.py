@@ -24,8 +24,9 @@ def _config(data_dir, *extra):
     ])
 
 
-def test_training_writes_a_complete_run_folder(tmp_path, tiny_dataset):
-    config = _config(tiny_dataset)
+@pytest.mark.parametrize("views", [0, 2])  # the whole network per step, and cached trunk activations
+def test_training_writes_a_complete_run_folder(tmp_path, tiny_dataset, views):
+    config = _config(tiny_dataset, f"train.views={views}")
     lines = []
     run = train(config, tmp_path / "run", log=lines.append, progress=False)
     assert {p.name for p in run.iterdir()} == {
@@ -40,7 +41,9 @@ def test_training_writes_a_complete_run_folder(tmp_path, tiny_dataset):
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["epochs_run"] == 2
     assert metrics["data_manifest_sha256"]
+    assert metrics["views"] == views
     assert sum(line.startswith("epoch ") for line in lines) == 2  # one progress line per epoch
+    assert any(line.startswith("cached the frozen trunk's output for 2 views") for line in lines) == (views == 2)
 
 
 def test_saved_model_predicts_exactly_like_the_best_weights(tmp_path, tiny_dataset):
@@ -53,8 +56,9 @@ def test_saved_model_predicts_exactly_like_the_best_weights(tmp_path, tiny_datas
     np.testing.assert_array_equal(served, reference.predict_on_batch(images))
 
 
-def test_an_interrupted_run_resumes_after_its_last_epoch(tmp_path, tiny_dataset):
-    config = _config(tiny_dataset, "train.epochs=3")
+@pytest.mark.parametrize("views", [0, 2])
+def test_an_interrupted_run_resumes_after_its_last_epoch(tmp_path, tiny_dataset, views):
+    config = _config(tiny_dataset, "train.epochs=3", f"train.views={views}")
 
     def interrupt_after_second_epoch(line):  # Ctrl-C in the fine-tuning phase
         if line.startswith("epoch 2/"):
@@ -71,6 +75,38 @@ def test_an_interrupted_run_resumes_after_its_last_epoch(tmp_path, tiny_dataset)
         assert [row["epoch"] for row in csv.DictReader(handle)] == ["1", "2", "3"]
     with pytest.raises(TrainError, match="already finished"):
         train(config, tmp_path / "run", log=lambda _: None, progress=False)
+
+
+def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, tiny_dataset):
+    """Weights, Adam moments, batch order and views all carry over (dropout off: its draws do not)."""
+    config = _config(tiny_dataset, "train.epochs=3", "model.dropout=0.0", "train.early_stopping_patience=0")
+
+    def interrupt_after_second_epoch(line):
+        if line.startswith("epoch 2/"):
+            raise KeyboardInterrupt
+
+    straight = train(config, tmp_path / "straight", log=lambda _: None, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "resumed", log=interrupt_after_second_epoch, progress=False)
+    resumed = train(config, tmp_path / "resumed", log=lambda _: None, progress=False)
+    for key in ("loss", "val_loss"):  # epoch 3 trained the same way
+        assert _history(resumed)[2][key] == pytest.approx(_history(straight)[2][key], rel=1e-5)
+    for expected, actual in zip(_weights(straight), _weights(resumed), strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
+
+
+def _history(run):
+    with (run / "history.csv").open() as handle:
+        return [{k: float(v) for k, v in row.items() if k != "phase"} for row in csv.DictReader(handle)]
+
+
+def _weights(run):
+    return Classifier.from_path(run / "dog_cat_classifier.keras", runtime="keras").runner.model.get_weights()
+
+
+def test_negative_views_are_refused(tmp_path, tiny_dataset):
+    with pytest.raises(TrainError, match=r"Received: train.views=-1"):
+        train(_config(tiny_dataset, "train.views=-1"), tmp_path / "run", log=lambda _: None, progress=False)
 
 
 def test_resuming_with_another_config_is_refused(tmp_path, tiny_dataset):
