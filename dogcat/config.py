@@ -40,7 +40,7 @@ class TrainConfig:
     early_stopping_patience: int = 3  # epochs without val_loss improvement; 0 disables
     # Fixed augmented views per training image whose frozen-trunk activations are computed once
     # (dogcat.features); 0 runs the whole network every step with fresh augmentation (slow).
-    views: int = 4
+    views: int = 2
     output_dir: str = "runs"
 
 
