@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -173,24 +174,42 @@ class Classifier:
         return np.concatenate(outputs) if outputs else np.zeros((0, len(self.class_names)), np.float32)
 
     def predict(self, sources: Sequence[ImageSource], names: Sequence[str] | None = None) -> list[Prediction]:
-        """Predict every source; unreadable ones come back with `error` set, in input order."""
+        """Predict every source; unreadable ones come back with `error` set, in input order.
+
+        Sources are decoded `batch_size` at a time, the next batch on a helper thread while the
+        network runs on the current one (Pillow and both runtimes release the GIL), so decoding
+        hides behind inference instead of adding to it.
+        """
         names = list(names) if names is not None else [_describe(s) for s in sources]
-        decoded: dict[int, np.ndarray] = {}
-        errors: dict[int, str] = {}
-        for index, source in enumerate(sources):
+        size = self.batch_size
+        chunks = [(sources[i : i + size], names[i : i + size]) for i in range(0, len(sources), size)]
+        results: list[Prediction] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dogcat-decode") as decoder:
+            upcoming = decoder.submit(self._decode_batch, *chunks[0]) if chunks else None
+            for index in range(len(chunks)):
+                batch = upcoming.result()
+                if index + 1 < len(chunks):
+                    upcoming = decoder.submit(self._decode_batch, *chunks[index + 1])
+                results.extend(self._classify(*batch))
+        return results
+
+    def _decode_batch(self, sources: Sequence[ImageSource], names: list[str]) -> tuple[list[str], list[np.ndarray | str]]:
+        """Each source as a uint8 image, or the one-line reason it could not be read."""
+        decoded: list[np.ndarray | str] = []
+        for source, name in zip(sources, names, strict=True):
             try:
-                decoded[index] = decode_image(source, self.image_size)
+                decoded.append(decode_image(source, self.image_size))
             except ImageError as error:
-                errors[index] = str(error).removeprefix(f"{names[index]}: ").removeprefix("image: ")
-        probabilities: dict[int, np.ndarray] = {}
-        if decoded:
-            order = sorted(decoded)
-            batch = self.predict_batch(to_model_input(np.stack([decoded[i] for i in order])))
-            probabilities = dict(zip(order, batch, strict=True))
+                decoded.append(str(error).removeprefix(f"{name}: ").removeprefix("image: "))
+        return names, decoded
+
+    def _classify(self, names: list[str], decoded: list[np.ndarray | str]) -> list[Prediction]:
+        good = [image for image in decoded if not isinstance(image, str)]
+        probabilities = iter(self.predict_batch(to_model_input(np.stack(good))) if good else [])
         return [
-            Prediction(names[i], error=errors[i]) if i in errors
-            else Prediction(names[i], {self.class_names[c]: float(p) for c, p in enumerate(probabilities[i])})
-            for i in range(len(names))
+            Prediction(name, error=image) if isinstance(image, str)
+            else Prediction(name, {self.class_names[c]: float(p) for c, p in enumerate(next(probabilities))})
+            for name, image in zip(names, decoded, strict=True)
         ]
 
     def predict_one(self, source: ImageSource) -> dict[str, float]:

@@ -66,3 +66,21 @@ def test_predict_keeps_input_order_and_reports_each_bad_source(classifier):
 def test_predict_one_raises_a_one_line_image_error(classifier):
     with pytest.raises(ImageError, match="not an image"):
         classifier.predict_one(b"GIF89a but not really")
+
+
+def test_predict_across_several_batches_matches_one_by_one(varied_classifier):
+    """Decoding runs a batch ahead on a helper thread; order, errors and answers must not change."""
+    sources = [np.asarray(_drawn_photo(label, i)) for i in range(4) for label in ("cat", "dog")]
+    sources[2], sources[7] = b"not an image", b""
+    batched = Classifier(varied_classifier.runner, varied_classifier.class_names, batch_size=3)
+    results = batched.predict(sources)
+    assert len(results) == len(sources)
+    for source, result in zip(sources, results, strict=True):
+        if isinstance(source, bytes):
+            assert result.error is not None
+            assert result.probabilities is None
+        else:
+            assert result.error is None
+            expected = varied_classifier.predict_one(source)
+            assert result.probabilities == pytest.approx(expected, abs=1e-6)
+    assert batched.predict([]) == []
