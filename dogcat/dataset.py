@@ -10,7 +10,6 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
-from dogcat.data import Split
 from dogcat.preprocessing import decode_image, to_model_input
 
 
@@ -49,9 +48,3 @@ class ImageBatches(keras.utils.PyDataset):
     def on_epoch_end(self) -> None:
         self.set_epoch(self.epoch + 1)
 
-
-def load_split_batches(
-    split: Split, image_size: int, batch_size: int, shuffle: bool, seed: int, name: str, progress: bool = True
-) -> ImageBatches:
-    images = decode_all(split.paths, image_size, desc=f"decoding {name}", progress=progress)
-    return ImageBatches(images, split.labels, batch_size, shuffle, seed)
