@@ -8,7 +8,7 @@ reused every epoch, and only the small top of the network runs forward and backw
 Augmentation sits in front of the trunk, so it cannot change per epoch without re-running the
 trunk. Instead each training image gets `views` fixed versions, drawn once: view 0 is the image
 itself and views 1.. come from the model's own augmentation family (a RandomFlip and a
-RandomRotation built from the same `ModelConfig`, each view seeded by (seed, view)). Every epoch
+RandomRotation made by the model's own `augmentation_layers`, each view seeded by (seed, view)). Every epoch
 each image is shown as one of its views, chosen from (seed, epoch). Training the top on those
 cached activations is exactly training the whole model on augmentation drawn from that fixed set.
 """
@@ -23,10 +23,8 @@ import numpy as np
 from tqdm import tqdm
 
 from dogcat.config import ModelConfig
-from dogcat.model import BASE_NAME, NUM_MOBILENET_BLOCKS
+from dogcat.model import BASE_NAME, HEAD_LAYERS, NUM_MOBILENET_BLOCKS, augmentation_layers
 from dogcat.preprocessing import to_model_input
-
-HEAD_LAYERS = ("pool", "dense", "dropout", "probabilities")
 
 
 def cut_tensor(model: keras.Model, fine_tune_blocks: int):
@@ -62,13 +60,9 @@ def split_model(model: keras.Model, fine_tune_blocks: int) -> tuple[keras.Model,
 
 def augmented_views(images: np.ndarray, config: ModelConfig, view: int, seed: int, batch_size: int = 64):
     """Yield float32 [0, 1] batches of view `view` of uint8 `images`; view 0 is the images as they are."""
-    layers = []
-    if view > 0:
-        view_seed = int(np.random.default_rng([seed, view]).integers(2**31 - 1))
-        if config.flip != "none":
-            layers.append(keras.layers.RandomFlip(config.flip, seed=view_seed))
-        if config.rotation > 0:
-            layers.append(keras.layers.RandomRotation(config.rotation, fill_mode="reflect", seed=view_seed + 1))
+    # Fresh layers from the same function as the model's, seeded per view: a resumed run, whose
+    # model's own layers have moved on, still gets the same views.
+    layers = augmentation_layers(config, int(np.random.default_rng([seed, view]).integers(2**31 - 1))) if view else []
     for start in range(0, len(images), batch_size):
         batch = to_model_input(images[start : start + batch_size])
         for layer in layers:

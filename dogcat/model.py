@@ -19,6 +19,7 @@ from dogcat.config import ModelConfig
 BASE_NAME = "mobilenet_v2"  # fixed, so it does not depend on image size
 IMAGENET_WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 NUM_MOBILENET_BLOCKS = 16  # inverted-residual blocks block_1 .. block_16
+HEAD_LAYERS = ("pool", "dense", "dropout", "probabilities")  # after the base, in order
 
 
 def keras_cache_dir() -> Path:
@@ -29,10 +30,8 @@ def build_model(config: ModelConfig, image_size: int = 224, num_classes: int = 2
     """Build the classifier with the base frozen except its last `config.fine_tune_blocks` blocks."""
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = inputs
-    if config.flip != "none":
-        x = keras.layers.RandomFlip(config.flip, seed=seed, name="random_flip")(x)
-    if config.rotation > 0:
-        x = keras.layers.RandomRotation(config.rotation, fill_mode="reflect", seed=seed, name="random_rotation")(x)
+    for layer in augmentation_layers(config, seed):
+        x = layer(x)
     x = keras.layers.Rescaling(2.0, offset=-1.0, name="to_mobilenet_range")(x)  # [0, 1] -> [-1, 1]
     base = _mobilenet_v2(config.weights, image_size)
     x = base(x, training=False)
@@ -43,6 +42,23 @@ def build_model(config: ModelConfig, image_size: int = 224, num_classes: int = 2
     model = keras.Model(inputs, outputs, name="dogcat")
     set_fine_tuning(model, config.fine_tune_blocks)
     return model
+
+
+def augmentation_layers(config: ModelConfig, seed: int | None = None) -> list[keras.layers.Layer]:
+    """The training augmentation (active only in training): a random flip, then a random rotation.
+
+    The two get different seeds: with one seed they would draw the same random numbers, tying
+    each image's flip to its rotation angle.
+    """
+    layers: list[keras.layers.Layer] = []
+    if config.flip != "none":
+        layers.append(keras.layers.RandomFlip(config.flip, seed=seed, name="random_flip"))
+    if config.rotation > 0:
+        rotation_seed = None if seed is None else seed + 1
+        layers.append(
+            keras.layers.RandomRotation(config.rotation, fill_mode="reflect", seed=rotation_seed, name="random_rotation")
+        )
+    return layers
 
 
 def _mobilenet_v2(weights: str, image_size: int) -> keras.Model:
@@ -116,7 +132,7 @@ def inference_model(model: keras.Model) -> keras.Model:
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = model.get_layer("to_mobilenet_range")(inputs)
     x = model.get_layer(BASE_NAME)(x, training=False)
-    for name in ("pool", "dense", "dropout", "probabilities"):
+    for name in HEAD_LAYERS:
         x = model.get_layer(name)(x)
     return keras.Model(inputs, x, name="dogcat_inference")
 
