@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 
 # Redistributable photos only (sources and licences in examples/LICENSES.md). The Kaggle images
 # the model was trained on are not shipped as examples: their redistribution terms are unclear.
-EXAMPLES = [HERE / "examples" / name for name in ("cat-chelsea.jpg", "astronaut.jpg", "rocket.jpg")]
+EXAMPLES = [HERE / "examples" / name for name in ("cat-chelsea.jpg", "dog-darknet.jpg", "astronaut.jpg", "rocket.jpg")]
 
 # The Classifier runs one model call at a time (it holds a lock), so more parallel workers would
 # only wait on it. Two let one request's decoding overlap another's model call on a 2-vCPU machine

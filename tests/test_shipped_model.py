@@ -21,6 +21,13 @@ def test_shipped_model_is_the_default_and_loads_safely():
     assert classifier.runtime == "onnx", "models/dog_cat_classifier.onnx must match the shipped .keras (dogcat export)"
 
 
+def test_shipped_model_labels_the_demo_cat_and_dog():
+    """The demo's two animal examples, photos the model never saw in training."""
+    examples = REPO / "demos" / "examples"
+    predictions = Classifier.from_path().predict([examples / "cat-chelsea.jpg", examples / "dog-darknet.jpg"])
+    assert [p.label for p in predictions] == ["cat", "dog"], predictions
+
+
 @pytest.mark.shared_data
 def test_shipped_model_reproduces_its_recorded_test_metrics(tmp_path, shared_data):
     """Re-prepare the Kaggle sample (same seed -> same manifest) and re-score the test split."""
