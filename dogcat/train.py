@@ -11,7 +11,8 @@ those cached activations (dogcat.features); `train.views = 0` runs the whole net
 After every epoch the run folder gets, each written atomically: `checkpoint.weights.h5` and
 `optimizer.npz` (the Adam state), `best.weights.h5` when val_loss improves, `history.csv` and `state.json`. Running
 the same `--run-dir` again resumes after the last finished epoch. At the end the best weights
-are restored and the run folder holds `dog_cat_classifier.keras`, `class_names.pkl`,
+are restored, a softmax temperature fitted on the validation split is folded into the last layer
+(`train.calibrate`, dogcat.calibration), and the run folder holds `dog_cat_classifier.keras`, `class_names.pkl`,
 `config.toml` (the resolved config), `history.csv`, `metrics.json` and `training_curves.png`.
 """
 
@@ -39,6 +40,7 @@ from dogcat.artifacts import (
     write_bytes_atomic,
     write_text_atomic,
 )
+from dogcat.calibration import fit_temperature, fold_temperature, log_loss_at, logits_of
 from dogcat.config import Config, load_config
 from dogcat.data import read_split
 from dogcat.dataset import ImageBatches, decode_all
@@ -134,6 +136,7 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
 
     # Restore the best epoch into a fresh, uncompiled model: the shipped file carries no optimizer state.
     model.load_weights(run_dir / "best.weights.h5")
+    calibration = _calibrate(fitted, val_batches, log) if tc.calibrate else None
     final = build_model(dataclasses.replace(config.model, weights="none"), size, len(CLASS_NAMES))
     final.set_weights(model.get_weights())
     save_atomic(run_dir / MODEL_FILENAME, final.save)
@@ -147,6 +150,7 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
         "train_seconds": round(sum(row["seconds"] for row in history), 1),
         "setup_seconds": round(setup_seconds, 1),  # this session's decoding (and caching, with views)
         "views": tc.views,
+        "calibration": calibration,
         "data_manifest_sha256": _manifest_hash(config.data.dir),
         "keras_version": keras.__version__,
         "backend": keras.backend.backend(),
@@ -160,6 +164,16 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
     log(f"best epoch {state['best_epoch']}: val_loss {best['val_loss']:.4f} val_acc {best['val_accuracy']:.4f}")
     log(f"model: {run_dir / MODEL_FILENAME}")
     return run_dir
+
+
+def _calibrate(fitted: keras.Model, val_batches, log: Callable[[str], None]) -> dict:
+    """Fit the softmax temperature on the validation split and fold it into the model's last layer."""
+    logits, labels = logits_of(fitted, val_batches)
+    temperature = fit_temperature(logits, labels)
+    before, after = log_loss_at(logits, labels, 1.0), log_loss_at(logits, labels, temperature)
+    fold_temperature(fitted, temperature)
+    log(f"calibrated: temperature {temperature:.3f}, val_loss {before:.4f} -> {after:.4f}")
+    return {"temperature": temperature, "val_loss_before": before, "val_loss_after": after}
 
 
 def _fit_inputs(config: Config, model: keras.Model, progress: bool, log: Callable[[str], None]):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from dogcat.artifacts import CLASS_NAMES, load_class_names
+from dogcat.calibration import fold_temperature
 from dogcat.config import load_config
 from dogcat.data import read_split
 from dogcat.dataset import ImageBatches, decode_all
@@ -47,13 +48,31 @@ def test_training_writes_a_complete_run_folder(tmp_path, tiny_dataset, views):
 
 
 def test_saved_model_predicts_exactly_like_the_best_weights(tmp_path, tiny_dataset):
-    config = _config(tiny_dataset)
+    config = _config(tiny_dataset, "train.calibrate=false")
     run = train(config, tmp_path / "run", log=lambda _: None, progress=False)
     reference = build_model(config.model, TINY_SIZE)
     reference.load_weights(run / "best.weights.h5")
     images = preprocess(read_split(tiny_dataset, "train").paths, TINY_SIZE)
     served = Classifier.from_path(run / "dog_cat_classifier.keras").predict_batch(images)
     np.testing.assert_array_equal(served, reference.predict_on_batch(images))
+    assert json.loads((run / "metrics.json").read_text())["calibration"] is None
+
+
+@pytest.mark.parametrize("views", [0, 2])
+def test_saved_model_is_the_best_weights_with_the_val_fitted_temperature(tmp_path, tiny_dataset, views):
+    config = _config(tiny_dataset, f"train.views={views}")
+    run = train(config, tmp_path / "run", log=lambda _: None, progress=False)
+    calibration = json.loads((run / "metrics.json").read_text())["calibration"]
+    reference = build_model(config.model, TINY_SIZE)
+    reference.load_weights(run / "best.weights.h5")
+    fold_temperature(reference, calibration["temperature"])
+    val = read_split(tiny_dataset, "val")
+    images = preprocess(val.paths, TINY_SIZE)
+    served = Classifier.from_path(run / "dog_cat_classifier.keras").predict_batch(images)
+    np.testing.assert_allclose(served, reference.predict_on_batch(images), rtol=1e-5, atol=1e-7)
+    served_loss = -np.mean(np.log(served[np.arange(len(val.labels)), val.labels]))
+    assert served_loss == pytest.approx(calibration["val_loss_after"], abs=1e-5)
+    assert calibration["val_loss_after"] <= calibration["val_loss_before"]
 
 
 @pytest.mark.parametrize("views", [0, 2])
