@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import nox
 
-nox.options.default_venv_backend = "venv"
+# uv installs the three environments (TensorFlow, JAX, both) in seconds where pip takes minutes;
+# plain venv + pip when uv is missing.
+nox.options.default_venv_backend = "uv|venv"
 nox.options.reuse_venv = "yes"
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
