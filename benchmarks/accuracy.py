@@ -41,9 +41,8 @@ def outside_photos(source: Path, data_dir: Path) -> tuple[list[Path], np.ndarray
 
 
 def main() -> None:
-    from dogcat.evaluate import evaluate
+    from dogcat.evaluate import evaluate, score_files
     from dogcat.inference import Classifier
-    from dogcat.metrics import classification_metrics
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", type=Path, help="a .keras file (default: the shipped model)")
@@ -58,12 +57,7 @@ def main() -> None:
     rows = []
     test = evaluate(classifier, args.data, "test")
     rows.append(("test split", test))
-    paths, labels = outside_photos(args.source, args.data)
-    predictions = classifier.predict(paths)
-    kept = [i for i, p in enumerate(predictions) if p.error is None]
-    names = [classifier.class_names[i] for i in range(len(classifier.class_names))]
-    probabilities = np.array([[predictions[i].probabilities[n] for n in names] for i in kept])
-    rows.append(("Kaggle photos not in the dataset", classification_metrics(labels[kept], probabilities, classifier.class_names)))
+    rows.append(("Kaggle photos not in the dataset", score_files(classifier, *outside_photos(args.source, args.data))))
 
     lines = [
         f"model: `{Path(args.model).name if args.model else 'models/dog_cat_classifier.keras'}`, runtime: {classifier.runtime}",

@@ -20,22 +20,35 @@ def evaluate(classifier: Classifier, data_dir: str | Path, split: str = "test", 
     writes `metrics.json` and `confusion_matrix.png` there.
     """
     data = read_split(data_dir, split)
-    predictions = classifier.predict(data.paths, names=[str(p) for p in data.paths])
-    kept = [i for i, p in enumerate(predictions) if p.error is None]
-    if not kept:
-        raise ValueError(f"None of the {len(predictions)} images could be read. Received: data_dir={str(data_dir)!r}")
-    names = [classifier.class_names[i] for i in range(len(classifier.class_names))]
-    probabilities = np.array([[predictions[i].probabilities[n] for n in names] for i in kept])
-    metrics = classification_metrics(data.labels[kept], probabilities, classifier.class_names)
+    try:
+        metrics = score_files(classifier, data.paths, data.labels)
+    except ValueError as error:
+        raise ValueError(f"{error} Received: data_dir={str(data_dir)!r}") from None
     metrics["split"] = split
-    metrics["skipped"] = [{"path": p.source, "reason": p.error} for p in predictions if p.error]
-    metrics["misclassified"] = [
-        predictions[i].source for i in kept if predictions[i].label != classifier.class_names[int(data.labels[i])]
-    ]
     if out_dir is not None:
         out_dir = Path(out_dir)
         write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
         plot_confusion_matrix(metrics, out_dir / "confusion_matrix.png")
+    return metrics
+
+
+def score_files(classifier: Classifier, paths, labels) -> dict:
+    """Metrics of `classifier` on labelled image files, through the served path (`Classifier.predict`).
+
+    Unreadable files are listed under "skipped" and left out of the metrics.
+    """
+    labels = np.asarray(labels)
+    predictions = classifier.predict(paths, names=[str(p) for p in paths])
+    kept = [i for i, p in enumerate(predictions) if p.error is None]
+    if not kept:
+        raise ValueError(f"None of the {len(predictions)} images could be read.")
+    names = [classifier.class_names[i] for i in range(len(classifier.class_names))]
+    probabilities = np.array([[predictions[i].probabilities[n] for n in names] for i in kept])
+    metrics = classification_metrics(labels[kept], probabilities, classifier.class_names)
+    metrics["skipped"] = [{"path": p.source, "reason": p.error} for p in predictions if p.error]
+    metrics["misclassified"] = [
+        predictions[i].source for i in kept if predictions[i].label != classifier.class_names[int(labels[i])]
+    ]
     return metrics
 
 
