@@ -33,6 +33,7 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 
 def main() -> None:
+    from dogcat.artifacts import MODEL_FILENAME
     from dogcat.config import load_config
     from dogcat.evaluate import evaluate, score_files
     from dogcat.export import export_onnx
@@ -59,8 +60,8 @@ def main() -> None:
             outside = outside_photos(args.source, Path(config.data.dir))
             with tempfile.TemporaryDirectory() as tmp:
                 run_dir = train(config, Path(tmp) / "run", log=lambda line: None, progress=False)
-                export_onnx(run_dir / "dog_cat_classifier.keras")
-                classifier = Classifier.from_path(run_dir / "dog_cat_classifier.keras", runtime="onnx")
+                export_onnx(run_dir / MODEL_FILENAME)
+                classifier = Classifier.from_path(run_dir / MODEL_FILENAME, runtime="onnx")
                 test, extra = evaluate(classifier, config.data.dir, "test"), score_files(classifier, *outside)
             scores.append((test, extra))
             row = (f"| {label} | {seed} | {test['accuracy']:.4f} | {test['log_loss']:.4f} | "
@@ -81,7 +82,7 @@ def main() -> None:
         )
 
     body = "\n".join([
-        f"Test split: 400 photos; outside: the {extras[0]['count']} Kaggle photos `dogcat data prepare` did not pick. "
+        f"Test split: {tests[0]['count']:,} photos; outside: the {extras[0]['count']:,} Kaggle photos `dogcat data prepare` did not pick. "
         "Each run trained, calibrated and exported as `dogcat train` + `dogcat export` do; scored on ONNX Runtime.",
         "",
         "| variant | overrides | runs | test accuracy (mean ± sd) | test log loss | outside accuracy | outside log loss "
