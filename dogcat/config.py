@@ -7,7 +7,9 @@ error, not a silently ignored setting. The resolved config is written next to ev
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -98,7 +100,50 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not sep or not dot:
             raise ConfigError(f"Overrides look like section.key=value. Received: override={override!r}")
         _set(config, section, key, _parse_value(raw.strip()))
+    validate_config(config)
     return config
+
+
+# Allowed values, checked once the whole config is assembled (so every entry point gets the same
+# checks), before anything is built: a bad value otherwise surfaces as a traceback deep in Keras,
+# or worse, as NaN probabilities. A key without a rule here is only type-checked.
+_FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical", "none")
+_RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "data.dir": ("a non-empty path", lambda v: v.strip() != ""),
+    "data.image_size": ("in [32, 1024] (MobileNetV2's smallest input is 32 px)", lambda v: 32 <= v <= 1024),
+    "model.weights": (
+        "'imagenet', 'none' or the path of a .h5 weights file",
+        lambda v: v == "imagenet" or v.lower() == "none" or (v.strip() != "" and v.endswith(".h5")),
+    ),
+    "model.fine_tune_blocks": ("in [0, 16] (MobileNetV2 has 16 blocks)", lambda v: 0 <= v <= 16),
+    "model.dense_units": ("at least 1", lambda v: v >= 1),
+    "model.dropout": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "model.flip": (f"one of {', '.join(_FLIP_MODES)}", lambda v: v in _FLIP_MODES),
+    "model.rotation": ("in [0, 0.5] (a fraction of a full turn)", lambda v: 0 <= v <= 0.5),
+    "train.seed": ("in [0, 2**31 - 2]", lambda v: 0 <= v <= 2**31 - 2),
+    "train.epochs": ("at least 1", lambda v: v >= 1),
+    "train.head_epochs": ("0 or more", lambda v: v >= 0),
+    "train.batch_size": ("at least 1", lambda v: v >= 1),
+    "train.learning_rate": ("a finite number > 0", lambda v: v > 0),
+    "train.fine_tune_learning_rate": ("a finite number > 0", lambda v: v > 0),
+    "train.early_stopping_patience": ("0 (off) or more", lambda v: v >= 0),
+    "train.views": ("0 (no cache) or more", lambda v: v >= 0),
+    "train.output_dir": ("a non-empty path", lambda v: v.strip() != ""),
+    "predict.threshold": ("in [0.5, 1]", lambda v: 0.5 <= v <= 1),
+    "predict.batch_size": ("at least 1", lambda v: v >= 1),
+}
+
+
+def validate_config(config: Config) -> None:
+    """Raise ConfigError for the first value outside its allowed range; NaN and infinity never pass."""
+    for section, values in config.to_dict().items():
+        for key, value in values.items():
+            name = f"{section}.{key}"
+            rule = _RULES.get(name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{name} must be a finite number. Received: {name}={value!r}")
+            if rule is not None and not rule[1](value):
+                raise ConfigError(f"{name} must be {rule[0]}. Received: {name}={value!r}")
 
 
 def _set(config: Config, section: str, key: str, value: Any) -> None:

@@ -41,8 +41,8 @@ from dogcat.artifacts import (
     write_text_atomic,
 )
 from dogcat.calibration import fit_temperature, fold_temperature, log_loss_at, logits_of
-from dogcat.config import Config, load_config
-from dogcat.data import read_split
+from dogcat.config import Config, load_config, validate_config
+from dogcat.data import LABELS, Split, read_split
 from dogcat.dataset import ImageBatches, decode_all
 from dogcat.features import CachedViews, cache_activations, split_model, trunk_function
 from dogcat.model import build_model, set_fine_tuning
@@ -62,6 +62,8 @@ def default_run_dir(config: Config) -> Path:
 
 def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str], None] = print, progress: bool = True) -> Path:
     """Train (or resume) a run; returns the run folder."""
+    validate_config(config)  # load_config already did; this covers a Config built in Python
+    splits = read_splits(config.data.dir)  # before the run folder exists: a bad data folder leaves nothing behind
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
     state_path = run_dir / "state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else None
@@ -81,14 +83,12 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
         state = {"epoch": 0, "phase": None, "best_val_loss": None, "best_epoch": None, "wait": 0, "finished": False}
 
     tc, size = config.train, config.data.image_size
-    if tc.views < 0:
-        raise TrainError(f"train.views must be 0 (no cache) or more. Received: train.views={tc.views}")
     started_at = time.perf_counter()
     keras.utils.set_random_seed(tc.seed)
     model = build_model(config.model, size, len(CLASS_NAMES), seed=tc.seed)
     if state["epoch"] > 0:
         model.load_weights(run_dir / CHECKPOINT_FILENAME)
-    fitted, train_batches, val_batches = _fit_inputs(config, model, progress, log)
+    fitted, train_batches, val_batches = _fit_inputs(config, splits, model, progress, log)
     setup_seconds = time.perf_counter() - started_at
     history = _read_history(run_dir / "history.csv") if state["epoch"] > 0 else []
 
@@ -176,14 +176,31 @@ def _calibrate(fitted: keras.Model, val_batches, log: Callable[[str], None]) -> 
     return {"temperature": temperature, "val_loss_before": before, "val_loss_after": after}
 
 
-def _fit_inputs(config: Config, model: keras.Model, progress: bool, log: Callable[[str], None]):
+def read_splits(data_dir: str | Path) -> dict[str, Split]:
+    """The train, val and test splits, each required to hold every class.
+
+    A split without one class trains a model that answers the other class for everything (with
+    a perfect validation score), or cannot measure it: refused before any work is done.
+    """
+    splits = {name: read_split(data_dir, name) for name in ("train", "val", "test")}
+    for name, split in splits.items():
+        for index, label in enumerate(LABELS):
+            if not np.any(split.labels == index):
+                raise TrainError(
+                    f"The {name} split has no {label} images; every split needs every class. "
+                    f"Received: data.dir={str(data_dir)!r}"
+                )
+    return splits
+
+
+def _fit_inputs(config: Config, splits: dict[str, Split], model: keras.Model, progress: bool, log: Callable[[str], None]):
     """(model to fit, train batches, val batches).
 
     With `train.views`, the top of the network on cached frozen-trunk activations (see
     dogcat.features); with views = 0, the whole model on images, augmented on the fly.
     """
     tc, size = config.train, config.data.image_size
-    train_split, val_split = read_split(config.data.dir, "train"), read_split(config.data.dir, "val")
+    train_split, val_split = splits["train"], splits["val"]
     train_images = decode_all(train_split.paths, size, "decoding train", progress)
     val_images = decode_all(val_split.paths, size, "decoding val", progress)
     if not tc.views:

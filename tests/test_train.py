@@ -6,7 +6,7 @@ import pytest
 
 from dogcat.artifacts import CLASS_NAMES, load_class_names
 from dogcat.calibration import fold_temperature
-from dogcat.config import load_config
+from dogcat.config import ConfigError, load_config
 from dogcat.data import read_split
 from dogcat.dataset import ImageBatches, decode_all
 from dogcat.inference import Classifier
@@ -124,8 +124,11 @@ def _weights(run):
 
 
 def test_negative_views_are_refused(tmp_path, tiny_dataset):
-    with pytest.raises(TrainError, match=r"Received: train.views=-1"):
-        train(_config(tiny_dataset, "train.views=-1"), tmp_path / "run", log=lambda _: None, progress=False)
+    config = _config(tiny_dataset)
+    config.train.views = -1  # a Config built in Python, not through load_config
+    with pytest.raises(ConfigError, match=r"Received: train.views=-1"):
+        train(config, tmp_path / "run", log=lambda _: None, progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_resuming_with_another_config_is_refused(tmp_path, tiny_dataset):
@@ -140,8 +143,8 @@ def test_resuming_with_another_config_is_refused(tmp_path, tiny_dataset):
 
 
 def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path, tiny_dataset):
-    # learning rate 0: val_loss never improves after epoch 1
-    config = _config(tiny_dataset, "train.epochs=5", "train.head_epochs=0", "train.fine_tune_learning_rate=0.0",
+    # a learning rate too small to move a float32 weight: val_loss never improves after epoch 1
+    config = _config(tiny_dataset, "train.epochs=5", "train.head_epochs=0", "train.fine_tune_learning_rate=1e-30",
                      "train.early_stopping_patience=2")
     lines = []
     run = train(config, tmp_path / "run", log=lines.append, progress=False)
