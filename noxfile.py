@@ -26,7 +26,7 @@ def tests(session: nox.Session, backend: str) -> None:
     env = {"KERAS_BACKEND": backend}
     if backend == "jax":
         env["DOGCAT_EXPECT_NO_TENSORFLOW"] = "1"
-    extras = f"{backend},streamlit,gradio" + (",export" if backend == "tensorflow" else "")
+    extras = f"{backend},streamlit,gradio"
     _install_and_test(session, extras, env, "-m", "not portability")
 
 

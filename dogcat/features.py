@@ -72,8 +72,8 @@ def augmented_views(images: np.ndarray, config: ModelConfig, view: int, seed: in
 
 def trunk_function(model: keras.Model, fine_tune_blocks: int) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
     """(images -> frozen-trunk activations, runtime name): ONNX Runtime where the trunk
-    translates (dogcat.onnx_trunk), else the Keras trunk of `split_model`."""
-    from dogcat.onnx_trunk import onnx_trunk_runner
+    translates (dogcat.onnx_graph), else the Keras trunk of `split_model`."""
+    from dogcat.onnx_graph import onnx_trunk_runner
 
     runner = onnx_trunk_runner(model, cut_tensor(model, fine_tune_blocks))
     if runner is not None:

@@ -15,17 +15,13 @@ from tests.conftest import REAL_CAT, REAL_DOG, REPO, _drawn_photo
 
 keras = pytest.importorskip("keras")
 pytest.importorskip("onnxruntime")
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="export needs the TensorFlow backend"),
-]
+pytestmark = pytest.mark.slow
 PARITY = 1e-4  # max absolute probability difference allowed between ONNX Runtime and Keras
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """The shipped model copied to a temporary folder and exported there."""
-    pytest.importorskip("tf2onnx")
+    """The shipped model copied to a temporary folder and exported there (on this test run's backend)."""
     from dogcat.export import export_onnx
 
     folder = tmp_path_factory.mktemp("exported")
@@ -63,6 +59,22 @@ def test_onnx_runtime_matches_keras_on_real_photos(exported, shared_data):
     np.testing.assert_allclose(onnx.predict_batch(images), reference.predict_batch(images), atol=PARITY, rtol=0)
 
 
+def test_onnx_features_are_the_keras_models_pooled_features(exported):
+    """The "neither" detector reads these: the ONNX-only Space must see what Keras sees."""
+    import onnxruntime
+
+    from dogcat.model import load_model
+
+    session = onnxruntime.InferenceSession(str(exported.with_suffix(".onnx")), providers=["CPUExecutionProvider"])
+    model = load_model(exported)
+    images = _photos()
+    probabilities, features = session.run(["probabilities", "features"], {"image": images})
+    expected = keras.Model(model.input, model.get_layer("pool").output).predict_on_batch(images)
+    assert features.shape == (len(images), 1280)
+    np.testing.assert_allclose(features, expected, atol=1e-4 * np.abs(expected).max(), rtol=0)
+    np.testing.assert_allclose(probabilities, model.predict_on_batch(images), atol=PARITY, rtol=0)
+
+
 def test_a_stale_export_is_never_used(exported, tmp_path, tiny_model_dir):
     folder = tmp_path / "model"
     shutil.copytree(exported.parent, folder)
@@ -79,7 +91,6 @@ def test_forcing_onnx_without_an_export_is_a_clear_error(tiny_model_dir):
 
 
 def test_export_command_writes_the_file_predict_then_uses(tmp_path, capsys):
-    pytest.importorskip("tf2onnx")
     from dogcat.cli import main
 
     for name in ("dog_cat_classifier.keras", "class_names.pkl"):

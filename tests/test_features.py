@@ -13,7 +13,7 @@ from dogcat.features import (
     trunk_function,
 )
 from dogcat.model import build_model, inference_model, set_fine_tuning
-from dogcat.onnx_trunk import UnsupportedLayer
+from dogcat.onnx_graph import UnsupportedLayer
 from tests.conftest import TINY_SIZE
 
 
@@ -149,7 +149,7 @@ def test_onnx_trunk_matches_the_keras_trunk_on_imagenet_weights(imagenet_weights
 
 
 def test_a_layer_without_translation_is_refused_with_its_name():
-    from dogcat.onnx_trunk import _GraphBuilder, _translate
+    from dogcat.onnx_graph import _GraphBuilder, _translate
 
     with pytest.raises(UnsupportedLayer, match="Received: layer=odd_pool"):
         _translate(_GraphBuilder(None), keras.layers.MaxPooling2D(name="odd_pool"), ["x"], (None, 4, 4, 3))

@@ -1,12 +1,13 @@
-"""The frozen trunk as an ONNX graph, so caching its activations runs on ONNX Runtime.
+"""dogcat's networks as ONNX graphs, written layer by layer from the Keras layers' own weights.
 
-Caching is the one part of fast training that runs the big, frozen part of MobileNetV2 over
-every view of every image, and on a CPU ONNX Runtime runs it several times faster than a
-Keras `predict` (benchmarks/training.py). The graph is written here, layer by layer from the
-Keras layers' own weights and settings, so it needs only the `onnx` package: no TensorFlow, no
-tf2onnx, and it works the same on every Keras backend. Only the layer types MobileNetV2 uses
-are translated; anything else is refused, and `split_model`'s Keras trunk is used instead.
-Tests hold the ONNX trunk to the Keras one on random and real weights.
+One writer serves two jobs. `dogcat export` writes the whole classifier for serving, with two
+outputs: the probabilities and the pooled 1,280-wide features that the "neither" detector reads
+(dogcat.detector). Fast training writes the frozen trunk, so caching its activations runs on
+ONNX Runtime, several times faster than a Keras `predict` on a CPU (benchmarks/training.py).
+Because the graph is built here from weights and settings, it needs only the `onnx` package: no
+TensorFlow, no tf2onnx, and it is the same on every Keras backend. Only the layer types dogcat's
+MobileNetV2 classifier uses are translated; anything else is refused by name. Tests hold both
+graphs to the Keras model on random and real weights.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from dogcat.model import BASE_NAME
+from dogcat.model import BASE_NAME, HEAD_LAYERS
 
 OPSET = 17
+PROBABILITIES = "probabilities"  # (N, classes): the classifier's softmax output
+FEATURES = "features"  # (N, 1280): the base's output, globally average-pooled (the "pool" layer)
 
 
 class UnsupportedLayer(ValueError):
@@ -24,44 +27,101 @@ class UnsupportedLayer(ValueError):
 
 
 def trunk_to_onnx(model: keras.Model, cut: keras.KerasTensor) -> bytes:
-    """Serialized ONNX model: float32 NHWC images in [0, 1] -> the base's tensor `cut`, NHWC.
+    """Serialized ONNX model: float32 NHWC images in [0, 1] -> the base's tensor `cut`, NHWC,
+    as output "activations". The augmentation layers are left out, as at inference."""
+    from onnx import helper
 
-    `model` is a dogcat classifier (see dogcat.model.build_model); the augmentation layers are
-    left out, as at inference.
+    graph, x = _start(model)
+    activations = _translate_base(graph, model, x, stop_at=cut)
+    output = graph.node("Transpose", [activations], perm=[0, 2, 3, 1], name="activations")
+    outputs = [helper.make_tensor_value_info(output, _FLOAT, ["N", *cut.shape[1:]])]
+    return _finish(graph, model, "dogcat_trunk", outputs).SerializeToString()
+
+
+def classifier_to_onnx(model: keras.Model):
+    """The whole classifier as an onnx.ModelProto: images in [0, 1] -> PROBABILITIES and FEATURES.
+
+    The head is dogcat's (dogcat.model.HEAD_LAYERS): global average pooling, Dense + ReLU,
+    Dropout (an identity at inference) and Dense + softmax. FEATURES is the pooling's output.
     """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import helper
+
+    graph, x = _start(model)
+    x = _translate_base(graph, model, x, stop_at=None)
+    outputs = {}
+    for name in HEAD_LAYERS:
+        layer = model.get_layer(name)
+        if isinstance(layer, keras.layers.GlobalAveragePooling2D):
+            x = outputs[FEATURES] = graph.node("ReduceMean", [x], name=FEATURES, axes=[2, 3], keepdims=0)
+        elif isinstance(layer, keras.layers.Dropout):
+            continue
+        elif isinstance(layer, keras.layers.Dense):
+            x = _dense(graph, layer, x, name=PROBABILITIES if name == HEAD_LAYERS[-1] else None)
+        else:
+            raise UnsupportedLayer(f"No ONNX translation for {type(layer).__name__} in the head. Received: layer={name}")
+    outputs[PROBABILITIES] = x
+    if FEATURES not in outputs or x != PROBABILITIES:
+        raise UnsupportedLayer(f"Expected a pooling layer and a final Dense in the head. Received: head={HEAD_LAYERS}")
+    widths = {PROBABILITIES: model.output_shape[-1], FEATURES: model.get_layer(HEAD_LAYERS[0]).output.shape[-1]}
+    values = [helper.make_tensor_value_info(name, _FLOAT, ["N", widths[name]]) for name in (PROBABILITIES, FEATURES)]
+    return _finish(graph, model, "dogcat_classifier", values)
+
+
+_FLOAT = 1  # onnx.TensorProto.FLOAT, without importing onnx at module import
+
+
+def _start(model: keras.Model):
+    """A graph builder and its NCHW input in MobileNetV2's [-1, 1] range."""
+    from onnx import numpy_helper
 
     graph = _GraphBuilder(numpy_helper)
-    size = model.input_shape[1]
     rescale = model.get_layer("to_mobilenet_range")
     x = graph.node("Mul", ["image", graph.const(np.float32(rescale.scale))])
     x = graph.node("Add", [x, graph.const(np.float32(rescale.offset))])
-    x = graph.node("Transpose", [x], perm=[0, 3, 1, 2])  # NHWC -> NCHW, ONNX's convolution layout
+    return graph, graph.node("Transpose", [x], perm=[0, 3, 1, 2])  # NHWC -> NCHW, ONNX's convolution layout
 
+
+def _translate_base(graph: _GraphBuilder, model: keras.Model, x: str, stop_at) -> str:
+    """Translate the base up to the tensor `stop_at` (its output when None); returns that name."""
     base = model.get_layer(BASE_NAME)
+    stop_at = base.output if stop_at is None else stop_at
     names = {id(base.input): x}
     for layer in base.layers[1:]:
         inputs = layer.input if isinstance(layer.input, list | tuple) else [layer.input]
-        output = _translate(graph, layer, [names[id(t)] for t in inputs], inputs[0].shape)
-        names[id(layer.output)] = output
-        if layer.output is cut:
-            break
-    else:
-        raise UnsupportedLayer(f"The cut tensor is not an output of {BASE_NAME}. Received: cut={cut}")
-    output = graph.node("Transpose", [names[id(cut)]], perm=[0, 2, 3, 1], name="activations")
+        names[id(layer.output)] = _translate(graph, layer, [names[id(t)] for t in inputs], inputs[0].shape)
+        if layer.output is stop_at:
+            return names[id(stop_at)]
+    raise UnsupportedLayer(f"The cut tensor is not an output of {BASE_NAME}. Received: cut={stop_at}")
 
-    channels_last = ["N", *cut.shape[1:]]
+
+def _dense(graph: _GraphBuilder, layer, x: str, name: str | None) -> str:
+    activation = layer.activation.__name__
+    if activation not in ("linear", "relu", "softmax"):
+        raise UnsupportedLayer(f"Only linear, relu and softmax Dense layers. Received: layer={layer.name}")
+    inputs = [x, graph.const(keras.ops.convert_to_numpy(layer.kernel))]
+    if layer.use_bias:
+        inputs.append(graph.const(keras.ops.convert_to_numpy(layer.bias)))
+    x = graph.node("Gemm", inputs, name=None if activation != "linear" else name)
+    if activation == "relu":
+        x = graph.node("Relu", [x], name=name)
+    elif activation == "softmax":
+        x = graph.node("Softmax", [x], name=name, axis=-1)
+    return x
+
+
+def _finish(graph: _GraphBuilder, model: keras.Model, title: str, outputs):
+    import onnx
+    from onnx import helper
+
+    size = model.input_shape[1]
     onnx_graph = helper.make_graph(
-        graph.nodes, "dogcat_trunk",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", size, size, 3])],
-        [helper.make_tensor_value_info(output, TensorProto.FLOAT, channels_last)],
-        graph.initializers,
+        graph.nodes, title, [helper.make_tensor_value_info("image", _FLOAT, ["N", size, size, 3])],
+        outputs, graph.initializers,
     )
     proto = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="dogcat")
     proto.ir_version = 8  # readable by every onnxruntime dogcat supports
     onnx.checker.check_model(proto)
-    return proto.SerializeToString()
+    return proto
 
 
 def onnx_trunk_runner(model: keras.Model, cut: keras.KerasTensor):
