@@ -39,9 +39,18 @@ class ImageError(ValueError):
 
 def decode_image(source: ImageSource, image_size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
     """Return `source` as an upright RGB uint8 array of shape (image_size, image_size, 3)."""
-    image = load_image(source, draft_size=image_size)
+    return decode_image_with_size(source, image_size)[0]
+
+
+def decode_image_with_size(source: ImageSource, image_size: int = DEFAULT_IMAGE_SIZE) -> tuple[np.ndarray, tuple[int, int]]:
+    """`decode_image`, and the photo's upright (width, height) as given, before any resizing.
+
+    The verdict needs the original size: a thumbnail upscaled to 224 px looks like any photo to
+    the network, but is too small to judge (dogcat.verdict).
+    """
+    image, size = _load_upright(source, draft_size=image_size)
     image = image.resize((image_size, image_size), Image.Resampling.BILINEAR)
-    return np.asarray(image, dtype=np.uint8)
+    return np.asarray(image, dtype=np.uint8), size
 
 
 def to_model_input(images: np.ndarray) -> np.ndarray:
@@ -67,20 +76,30 @@ def preprocess(sources: ImageSource | list[ImageSource], image_size: int = DEFAU
 
 def load_image(source: ImageSource, draft_size: int | None = None) -> Image.Image:
     """Open any supported source as an upright 8-bit RGB PIL image, or raise ImageError."""
+    return _load_upright(source, draft_size)[0]
+
+
+def _load_upright(source: ImageSource, draft_size: int | None = None) -> tuple[Image.Image, tuple[int, int]]:
+    """(upright 8-bit RGB image, its upright (width, height) before any draft reduction)."""
     if isinstance(source, np.ndarray):
-        return _array_to_image(source)
+        image = _array_to_image(source)
+        return image, image.size
     image = source if isinstance(source, Image.Image) else _open(source)
     _check_size(image, source)
+    size = image.size
     if draft_size and image.format == "JPEG":
         # Let libjpeg decode a large photo at 1/2, 1/4 or 1/8 scale, never below the target:
         # a 12-megapixel upload then costs a fraction of a full decode.
         image.draft("RGB", (draft_size, draft_size))
     try:
         image.load()
+        stored = image.size
         image = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{_name(source)}: truncated or corrupt image data ({_first_line(error)})") from None
-    return _to_rgb(image)
+    if image.size != stored:  # EXIF turned it a quarter turn: so is its original size
+        size = size[::-1]
+    return _to_rgb(image), size
 
 
 def _open(source: ImageSource) -> Image.Image:
