@@ -2,7 +2,9 @@
 
 `class_names.pkl` is a pickle because the product promises one, but an ordinary `pickle.load`
 executes whatever the file tells it to. `load_class_names` uses an unpickler that can build
-only plain containers and scalars, then checks that the result is a dict of int -> str.
+only plain containers and scalars, then checks that the result is a dict of int -> unique str.
+The file's size and the result's nesting are bounded first: a tiny pickle can nest lists deeply
+enough to crash anything recursive (repr, ==) with a RecursionError.
 """
 
 from __future__ import annotations
@@ -22,6 +24,10 @@ CLASS_NAMES = {0: "cat", 1: "dog"}
 MODEL_FILENAME = "dog_cat_classifier.keras"
 CLASS_NAMES_FILENAME = "class_names.pkl"
 ONNX_FILENAME = "dog_cat_classifier.onnx"  # written by `dogcat export` beside the .keras
+DETECTOR_FILENAME = "dog_cat_detector.npz"  # the "neither" detector (dogcat.verdict) beside the .keras
+# A real class_names.pkl is ~40 bytes and one level deep; these leave room and still bound the work.
+MAX_CLASS_NAMES_BYTES = 64 * 1024
+MAX_CLASS_NAMES_DEPTH = 8
 
 
 class ArtifactError(ValueError):
@@ -123,24 +129,60 @@ def load_class_names(path: str | Path) -> dict[int, str]:
     path = Path(path)
     if not path.is_file():
         raise ArtifactError(f"Class names file not found. Received: path={str(path)!r}")
+    size = path.stat().st_size
+    if size > MAX_CLASS_NAMES_BYTES:
+        raise ArtifactError(
+            f"Class names file is too large ({size} bytes; at most {MAX_CLASS_NAMES_BYTES}). Received: path={str(path)!r}"
+        )
     try:
         names = _PlainDataUnpickler(io.BytesIO(path.read_bytes())).load()
     except ArtifactError as error:
         raise ArtifactError(f"{error}. Received: path={str(path)!r}") from None
     except Exception as error:  # any malformed pickle: report it, never execute it
         raise ArtifactError(f"Class names file is not a valid pickle ({error}). Received: path={str(path)!r}") from None
+    if _nesting_depth(names) > MAX_CLASS_NAMES_DEPTH:
+        raise ArtifactError(
+            f"Class names file nests containers more than {MAX_CLASS_NAMES_DEPTH} deep. Received: path={str(path)!r}"
+        )
     return _validate_class_names(names, path)
+
+
+def _nesting_depth(value: object) -> int:
+    """How deeply containers nest in `value`, found without recursion (so any depth is measurable)."""
+    deepest, seen = 0, set()
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, dict | list | tuple | set | frozenset) or id(item) in seen:
+            continue
+        seen.add(id(item))  # a self-referencing list is a cycle, not infinite depth
+        deepest = max(deepest, depth)
+        if deepest > MAX_CLASS_NAMES_DEPTH:
+            break
+        children = [*item.keys(), *item.values()] if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def _validate_class_names(names: object, path: str | Path) -> dict[int, str]:
     valid = (
         isinstance(names, dict)
         and len(names) >= 2
-        and all(type(k) is int and isinstance(v, str) for k, v in names.items())
+        and all(type(k) is int and isinstance(v, str) and v.strip() for k, v in names.items())
         and sorted(names) == list(range(len(names)))
+        and len(set(names.values())) == len(names)  # two classes called "cat" would merge their probabilities
     )
     if not valid:
         raise ArtifactError(
-            f"Class names must be a dict mapping 0..N-1 to str. Received: {str(path)!r} holding {names!r:.200}"
+            "Class names must be a dict mapping 0..N-1 to unique non-empty str. "
+            f"Received: {str(path)!r} holding {_short_repr(names)}"
         )
     return dict(names)
+
+
+def _short_repr(value: object, limit: int = 200) -> str:
+    try:
+        text = repr(value)
+    except RecursionError:
+        text = f"<{type(value).__name__}>"
+    return text[:limit]

@@ -9,6 +9,7 @@ and the head. Callers never scale pixels themselves.
 from __future__ import annotations
 
 import os
+import zipfile
 from pathlib import Path
 
 import keras
@@ -19,6 +20,10 @@ from dogcat.config import ModelConfig
 BASE_NAME = "mobilenet_v2"  # fixed, so it does not depend on image size
 IMAGENET_WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 NUM_MOBILENET_BLOCKS = 16  # inverted-residual blocks block_1 .. block_16
+# A .keras file is a zip that Keras inflates while loading; this classifier is ~10 MB inflated.
+# The zip's central directory states each member's size, and zipfile never inflates a member past
+# it, so checking the sum first bounds memory and disk before Keras reads a byte.
+MAX_MODEL_UNCOMPRESSED_BYTES = 1 << 30
 HEAD_LAYERS = ("pool", "dense", "dropout", "probabilities")  # after the base, in order
 
 
@@ -144,10 +149,25 @@ def load_model(path: str | Path, compile: bool = False) -> keras.Model:
         raise ArtifactError(f"Expected a .keras model file. Received: path={str(path)!r}")
     if not path.is_file():
         raise ArtifactError(f"Model file not found. Received: path={str(path)!r}")
+    _check_zip_size(path)
     try:
         return keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as error:
         raise ArtifactError(f"Could not load model ({type(error).__name__}: {error}). Received: path={str(path)!r}") from None
+
+
+def _check_zip_size(path: Path) -> None:
+    """Refuse a .keras file that is not a zip or would inflate past MAX_MODEL_UNCOMPRESSED_BYTES."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            total = sum(member.file_size for member in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ArtifactError(f"Could not load model (not a .keras zip archive: {error}). Received: path={str(path)!r}") from None
+    if total > MAX_MODEL_UNCOMPRESSED_BYTES:
+        raise ArtifactError(
+            f"Model file would inflate to {total / 2**20:.0f} MiB, over the {MAX_MODEL_UNCOMPRESSED_BYTES / 2**20:.0f} MiB "
+            f"limit. Received: path={str(path)!r}"
+        )
 
 
 def image_size_of(model: keras.Model) -> int:
