@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,10 +21,15 @@ import numpy as np
 from tqdm import tqdm
 
 from dogcat.artifacts import CLASS_NAMES, write_text_atomic
-from dogcat.preprocessing import ImageError, load_image
+from dogcat.preprocessing import (
+    DEFAULT_IMAGE_SIZE,
+    ImageError,
+    decode_image_with_size,
+    read_image_bytes,
+)
 
 LABELS = tuple(CLASS_NAMES.values())  # ("cat", "dog"), index = class id
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}  # the formats preprocessing decodes
 SPLITS = ("train", "val", "test")
 MANIFEST_FIELDS = ("path", "label", "split", "sha256", "width", "height")
 
@@ -79,8 +85,12 @@ def find_candidates(src: str | Path) -> list[Candidate]:
     src = Path(src)
     if not src.is_dir():
         raise DataError(f"Source folder not found. Received: src={str(src)!r}")
+    files, unreadable = list_image_files(src)
+    if src in unreadable:
+        raise DataError(f"Cannot list the source folder (permission denied?). Received: src={str(src)!r}")
     candidates = []
-    for path in sorted(p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+    # A sub-folder that cannot be listed is a candidate itself, so it is skipped with its reason.
+    for path in sorted(files + unreadable):
         label = _label_from_name(path.name.split(".")[0]) if path.parent == src else None
         if label is None:
             # the nearest enclosing folder below src that names a class
@@ -98,6 +108,20 @@ def find_candidates(src: str | Path) -> list[Candidate]:
     return candidates
 
 
+def list_image_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(files with an image suffix under `folder`, sorted; folders that could not be listed).
+
+    Every non-folder entry with an image suffix is listed, readable or not (a fifo, a broken link,
+    a file without read permission), so the decoder can say, per file, why it cannot be read.
+    Symbolic links to folders are not followed.
+    """
+    files: list[Path] = []
+    unreadable: list[Path] = []
+    for root, _, names in os.walk(folder, onerror=lambda error: unreadable.append(Path(error.filename))):
+        files.extend(Path(root) / name for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(files), sorted(unreadable)
+
+
 def _label_from_name(name: str) -> str | None:
     name = name.lower()
     for label in LABELS:
@@ -107,15 +131,15 @@ def _label_from_name(name: str) -> str | None:
 
 
 def check_image(candidate: Candidate) -> GoodImage | Skipped:
-    """Decode the whole file; a file we could not serve is a file we do not train on."""
-    data = candidate.source.read_bytes()
-    if not data:
-        return Skipped(candidate.source, "empty file")
+    """Decode the file as training will; a file we could not serve is a file we do not train on."""
     try:
-        image = load_image(io.BytesIO(data))
+        data = read_image_bytes(candidate.source)
+        if not data:
+            return Skipped(candidate.source, "empty file")
+        _, size = decode_image_with_size(io.BytesIO(data), DEFAULT_IMAGE_SIZE)
     except ImageError as error:
-        return Skipped(candidate.source, str(error).removeprefix("image: "))
-    return GoodImage(candidate.source, candidate.label, hashlib.sha256(data).hexdigest(), *image.size)
+        return Skipped(candidate.source, str(error).removeprefix(f"{candidate.source}: ").removeprefix("image: "))
+    return GoodImage(candidate.source, candidate.label, hashlib.sha256(data).hexdigest(), *size)
 
 
 def prepare(

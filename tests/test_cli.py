@@ -116,4 +116,4 @@ def test_console_entry_point_reports_bad_input_without_a_traceback(tmp_path, tin
     )
     assert result.returncode == 1
     # exactly one line: no traceback, and no backend start-up chatter around it
-    assert result.stderr.splitlines() == [f"dogcat: error: {tmp_path / 'bad.jpg'}: not an image (or a format Pillow cannot read)"]
+    assert result.stderr.splitlines() == [f"dogcat: error: {tmp_path / 'bad.jpg'}: not an image, or not a supported format (JPEG, PNG, WebP, BMP or GIF)"]

@@ -111,13 +111,13 @@ def test_palette_transparent_index_is_white(fmt):
     assert_colour(x[RIGHT], RED)
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "TIFF", "WEBP"])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "WEBP"])
 def test_grayscale_l(fmt):
     x = check_tensor(preprocess(make_image("L", fmt=fmt, color=77)))
     assert_colour(x, (77, 77, 77), atol=3 / 255)  # JPEG and WEBP are lossy
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "BMP", "TIFF"])
+@pytest.mark.parametrize("fmt", ["PNG", "BMP"])
 def test_bilevel_mode_1(fmt):
     x = check_tensor(preprocess(encode(halves(0, 1, mode="1"), fmt)))
     assert_colour(x[LEFT], (0, 0, 0))
@@ -222,7 +222,7 @@ def test_nonexistent_path(tmp_path):
     path = tmp_path / "missing.jpg"
     assert str(path) in image_error(path, "no such file")
     image_error(str(path), "no such file")
-    image_error(tmp_path, "no such file")  # a folder is not a file
+    image_error(tmp_path, "is a folder, not an image file")
 
 
 @pytest.mark.parametrize(
