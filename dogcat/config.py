@@ -51,8 +51,14 @@ class TrainConfig:
 
 @dataclass
 class PredictConfig:
-    threshold: float = 0.6  # below this top probability the apps say "not sure"
+    threshold: float = 0.6  # below this top probability the verdict is "unsure"
     batch_size: int = 32
+    # Photos whose shorter side is below this many pixels are "too small to judge": below it,
+    # accuracy on scaled-down test photos falls under 95% (benchmarks/verdicts.py).
+    min_side: int = 32
+    # The "neither" detector's threshold turns away at most this share of the validation
+    # split's real cats and dogs (set when it is fitted: end of `dogcat train`, `dogcat detector fit`).
+    turn_away: float = 0.01
 
 
 @dataclass
@@ -131,6 +137,8 @@ _RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "train.output_dir": ("a non-empty path", lambda v: v.strip() != ""),
     "predict.threshold": ("in [0.5, 1]", lambda v: 0.5 <= v <= 1),
     "predict.batch_size": ("at least 1", lambda v: v >= 1),
+    "predict.min_side": ("0 (off) or more", lambda v: v >= 0),
+    "predict.turn_away": ("in (0, 0.5)", lambda v: 0 < v < 0.5),
 }
 
 

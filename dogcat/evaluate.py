@@ -8,16 +8,19 @@ from pathlib import Path
 import numpy as np
 
 from dogcat.artifacts import save_atomic, write_text_atomic
-from dogcat.data import read_split
+from dogcat.data import DataError, read_split
 from dogcat.inference import Classifier
 from dogcat.metrics import classification_metrics
+from dogcat.verdict import NEITHER, TOO_SMALL, VERDICTS
 
 
-def evaluate(classifier: Classifier, data_dir: str | Path, split: str = "test", out_dir: str | Path | None = None) -> dict:
+def evaluate(classifier: Classifier, data_dir: str | Path, split: str = "test", out_dir: str | Path | None = None,
+             neither_dir: str | Path | None = None) -> dict:
     """Metrics for `split` of a prepared dataset (or any folder of labelled images).
 
-    Unreadable files are listed under "skipped" and left out of the metrics. With `out_dir`,
-    writes `metrics.json` and `confusion_matrix.png` there.
+    Unreadable files are listed under "skipped" and left out of the metrics. With `neither_dir`
+    (a folder of photos with no cat and no dog), also the share of them called "neither". With
+    `out_dir`, writes `metrics.json` and `confusion_matrix.png` there.
     """
     data = read_split(data_dir, split)
     try:
@@ -25,6 +28,8 @@ def evaluate(classifier: Classifier, data_dir: str | Path, split: str = "test", 
     except ValueError as error:
         raise ValueError(f"{error} Received: data_dir={str(data_dir)!r}") from None
     metrics["split"] = split
+    if neither_dir is not None:
+        metrics["neither_folder"] = score_neither_folder(classifier, neither_dir)
     if out_dir is not None:
         out_dir = Path(out_dir)
         write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -49,7 +54,50 @@ def score_files(classifier: Classifier, paths, labels) -> dict:
     metrics["misclassified"] = [
         predictions[i].source for i in kept if predictions[i].label != classifier.class_names[int(labels[i])]
     ]
+    metrics["verdicts"] = verdict_counts(predictions[i] for i in kept)
+    # Every photo here is a real cat or dog: a "neither" or "too small" verdict turns it away.
+    judged = np.array([predictions[i].verdict not in (NEITHER, TOO_SMALL) for i in kept])
+    metrics["turned_away"] = {
+        "neither": metrics["verdicts"][NEITHER] / len(kept),
+        "too_small": metrics["verdicts"][TOO_SMALL] / len(kept),
+    }
+    correct = probabilities.argmax(axis=1) == labels[kept]
+    metrics["accuracy_judged"] = float(correct[judged].mean()) if judged.any() else None
+    metrics["detector"] = classifier.detector is not None
     return metrics
+
+
+def score_neither_folder(classifier: Classifier, folder: str | Path) -> dict:
+    """Verdicts on a folder of photos with no cat and no dog: the share called "neither" is the detector's recall."""
+    from dogcat.data import IMAGE_SUFFIXES
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"Not a folder. Received: neither={str(folder)!r}")
+    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    predictions = classifier.predict(paths, names=[str(p) for p in paths])
+    read = [(path, p) for path, p in zip(paths, predictions, strict=True) if p.error is None]
+    if not read:
+        raise DataError(f"No readable photos in the folder. Received: neither={str(folder)!r}")
+    categories: dict[str, list] = {}  # by first-level sub-folder: people/, vehicles/, ...
+    for path, prediction in read:
+        parts = path.relative_to(folder).parts
+        categories.setdefault(parts[0] if len(parts) > 1 else ".", []).append(prediction)
+    counts = verdict_counts(p for _, p in read)
+    return {
+        "folder": str(folder), "count": len(read), "flagged": counts[NEITHER] / len(read), "verdicts": counts,
+        "categories": {
+            name: {"count": len(items), "flagged": sum(p.verdict == NEITHER for p in items) / len(items)}
+            for name, items in sorted(categories.items())
+        },
+    }
+
+
+def verdict_counts(predictions) -> dict[str, int]:
+    counts = dict.fromkeys(VERDICTS, 0)
+    for prediction in predictions:
+        counts[prediction.verdict] += 1
+    return counts
 
 
 def plot_confusion_matrix(metrics: dict, path: Path) -> None:
@@ -85,6 +133,17 @@ def format_metrics(metrics: dict) -> str:
     for name, values in metrics["per_class"].items():
         lines.append(f"{name:<9} precision {values['precision']:.4f} recall {values['recall']:.4f} (n={values['support']})")
     lines.append(f"confusion (rows true, columns predicted {metrics['class_names']}): {metrics['confusion_matrix']}")
+    counts = ", ".join(f"{name} {count}" for name, count in metrics["verdicts"].items())
+    lines.append(f"verdicts  {counts}" + ("" if metrics["detector"] else " (no detector: no 'neither' verdicts)"))
+    lines.append(f"turned away  {metrics['turned_away']['neither']:.2%} as neither, "
+                 f"{metrics['turned_away']['too_small']:.2%} as too small")
+    if metrics["accuracy_judged"] is not None:
+        lines.append(f"accuracy on the photos judged cat or dog  {metrics['accuracy_judged']:.4f}")
+    if "neither_folder" in metrics:
+        folder = metrics["neither_folder"]
+        lines.append(f"neither folder  {folder['flagged']:.2%} of {folder['count']} photos called neither ({folder['folder']})")
+        if len(folder["categories"]) > 1:
+            lines.extend(f"  {name:<16} {c['flagged']:7.2%} of {c['count']}" for name, c in folder["categories"].items())
     if metrics["skipped"]:
         lines.append(f"skipped {len(metrics['skipped'])} unreadable files")
     return "\n".join(lines)

@@ -8,7 +8,8 @@ A `Classifier` can be shared between threads (a Streamlit process serves many se
 The network runs on one of two runtimes: Keras (the reference) or ONNX Runtime, which is
 faster per photo on a CPU. `from_path` picks ONNX when `dogcat export` has written a
 `dog_cat_classifier.onnx` beside the `.keras` that still matches it, else Keras.
-Keras is imported only when the Keras runtime is used.
+Keras is imported only when the Keras runtime is used. Both runtimes return the probabilities
+and the pooled features, from which dogcat.verdict decides each photo's verdict.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,8 @@ from dogcat.artifacts import (
     file_sha256,
     load_class_names,
 )
-from dogcat.preprocessing import ImageError, ImageSource, decode_image, to_model_input
+from dogcat.preprocessing import ImageError, ImageSource, decode_image_with_size, to_model_input
+from dogcat.verdict import Detector, VerdictRules, decide, describe, detector_for
 
 
 def default_model_path() -> Path:
@@ -46,11 +48,20 @@ def default_model_path() -> Path:
 
 @dataclass(frozen=True)
 class Prediction:
-    """One source's result: `probabilities` maps every class name to its probability, or `error` says why not."""
+    """One source's result: `probabilities` maps every class name to its probability, or `error` says why not.
+
+    `verdict` is "cat", "dog", "neither", "unsure" or "too_small" (dogcat.verdict.decide);
+    `text` says it in words. `size` is the photo's upright (width, height) as given.
+    `features` are the pooled network features the detector read (None where the runtime has none).
+    """
 
     source: str
     probabilities: dict[str, float] | None = None
     error: str | None = None
+    verdict: str | None = None
+    text: str | None = None
+    size: tuple[int, int] | None = None
+    features: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str | None:
@@ -79,9 +90,21 @@ class KerasRunner:
         self.num_outputs = int(model.output_shape[-1])
         self._lock = threading.Lock()  # one call at a time: Keras gives no thread-safety promise
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
+        import keras
+
+        try:  # the pooled features too, for the detector; a model without a "pool" layer has none
+            self._with_features = keras.Model(model.inputs, [model.output, model.get_layer("pool").output])
+        except ValueError:
+            self._with_features = None
+        self.has_features = self._with_features is not None
+
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, pooled features or None)."""
         with self._lock:
-            return np.asarray(self.model.predict_on_batch(images))
+            if self._with_features is None:
+                return np.asarray(self.model.predict_on_batch(images)), None
+            probabilities, features = self._with_features.predict_on_batch(images)
+            return np.asarray(probabilities), np.asarray(features)
 
 
 class OnnxRunner:
@@ -97,9 +120,16 @@ class OnnxRunner:
         self.input_name = self.session.get_inputs()[0].name
         self.image_size = int(self.metadata["dogcat_image_size"])
         self.num_outputs = int(self.session.get_outputs()[0].shape[-1])
+        # Exports made before the detector have no features output: verdicts then fall back.
+        self.outputs = [o.name for o in self.session.get_outputs()][:1]
+        if "features" in {o.name for o in self.session.get_outputs()}:
+            self.outputs = [self.session.get_outputs()[0].name, "features"]
+        self.has_features = len(self.outputs) > 1
 
-    def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: images})[0]
+    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, pooled features or None)."""
+        results = self.session.run(self.outputs, {self.input_name: images})
+        return results[0], (results[1] if len(results) > 1 else None)
 
 
 def onnx_runner_for(model_path: Path) -> OnnxRunner | str:
@@ -119,8 +149,13 @@ def onnx_runner_for(model_path: Path) -> OnnxRunner | str:
 
 
 class Classifier:
-    def __init__(self, runner, class_names: dict[int, str], batch_size: int = 32):
-        """`runner` is a KerasRunner, an OnnxRunner, or a Keras model (wrapped in a KerasRunner)."""
+    def __init__(self, runner, class_names: dict[int, str], batch_size: int = 32,
+                 detector: Detector | None = None, rules: VerdictRules | None = None):
+        """`runner` is a KerasRunner, an OnnxRunner, or a Keras model (wrapped in a KerasRunner).
+
+        Without a `detector` there are no "neither" verdicts; `verdict_warning` then says why
+        when `from_path` looked for one.
+        """
         if not isinstance(runner, KerasRunner | OnnxRunner):
             runner = KerasRunner(runner)
         if runner.num_outputs != len(class_names):
@@ -132,6 +167,9 @@ class Classifier:
         self.class_names = class_names
         self.image_size = runner.image_size
         self.batch_size = batch_size
+        self.detector = detector
+        self.rules = rules or VerdictRules()
+        self.verdict_warning: str | None = None
 
     @classmethod
     def from_path(
@@ -154,15 +192,25 @@ class Classifier:
             model_path = model_path / MODEL_FILENAME
         class_names_path = Path(class_names_path) if class_names_path else model_path.with_name(CLASS_NAMES_FILENAME)
         class_names = load_class_names(class_names_path)  # before the model: cheap, and refuses bad files early
+        runner = None
         if runtime != "keras" and model_path.is_file():
             onnx = onnx_runner_for(model_path)
             if isinstance(onnx, OnnxRunner):
-                return cls(onnx, class_names, batch_size)
-            if runtime == "onnx":
+                runner = onnx
+            elif runtime == "onnx":
                 raise ArtifactError(f"Cannot use the ONNX runtime: {onnx}. Received: runtime='onnx'")
-        from dogcat.model import load_model
+        if runner is None:
+            from dogcat.model import load_model
 
-        return cls(KerasRunner(load_model(model_path)), class_names, batch_size)
+            runner = KerasRunner(load_model(model_path))
+        detector, warning = detector_for(model_path)
+        if detector is not None and not runner.has_features:
+            detector = None
+            warning = (f"{model_path.with_name(ONNX_FILENAME)} has no features output, so no 'neither' verdicts "
+                       f"(run `dogcat export {model_path}` again)")
+        classifier = cls(runner, class_names, batch_size, detector)
+        classifier.verdict_warning = warning
+        return classifier
 
     def predict_batch(self, images: np.ndarray) -> np.ndarray:
         """float32 (N, size, size, 3) in [0, 1] -> probabilities (N, num_classes)."""
@@ -170,11 +218,21 @@ class Classifier:
         expected = (self.image_size, self.image_size, 3)
         if images.ndim != 4 or images.shape[1:] != expected:
             raise ImageError(f"Expected images of shape (N, {', '.join(map(str, expected))}). Received: shape={images.shape}")
-        outputs = [self.runner(images[start : start + self.batch_size]) for start in range(0, len(images), self.batch_size)]
-        return np.concatenate(outputs) if outputs else np.zeros((0, len(self.class_names)), np.float32)
+        return self._run(images)[0]
 
-    def predict(self, sources: Sequence[ImageSource], names: Sequence[str] | None = None) -> list[Prediction]:
+    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """(probabilities, pooled features or None) for a float32 batch, `batch_size` at a time."""
+        outputs = [self.runner(images[start : start + self.batch_size]) for start in range(0, len(images), self.batch_size)]
+        if not outputs:
+            return np.zeros((0, len(self.class_names)), np.float32), None
+        features = None if outputs[0][1] is None else np.concatenate([f for _, f in outputs])
+        return np.concatenate([p for p, _ in outputs]), features
+
+    def predict(self, sources: Sequence[ImageSource], names: Sequence[str] | None = None,
+                rules: VerdictRules | None = None) -> list[Prediction]:
         """Predict every source; unreadable ones come back with `error` set, in input order.
+
+        `rules` overrides the classifier's verdict rules for this call (an app's slider).
 
         Sources are decoded `batch_size` at a time, the next batch on a helper thread while the
         network runs on the current one (Pillow and both runtimes release the GIL), so decoding
@@ -190,31 +248,47 @@ class Classifier:
                 batch = upcoming.result()
                 if index + 1 < len(chunks):
                     upcoming = decoder.submit(self._decode_batch, *chunks[index + 1])
-                results.extend(self._classify(*batch))
+                results.extend(self._classify(*batch, rules or self.rules))
         return results
 
-    def _decode_batch(self, sources: Sequence[ImageSource], names: list[str]) -> tuple[list[str], list[np.ndarray | str]]:
-        """Each source as a uint8 image, or the one-line reason it could not be read."""
-        decoded: list[np.ndarray | str] = []
+    def _decode_batch(self, sources: Sequence[ImageSource], names: list[str]):
+        """(names, each source as (uint8 image, size) or the one-line reason it could not be read)."""
+        decoded: list[tuple[np.ndarray, tuple[int, int]] | str] = []
         for source, name in zip(sources, names, strict=True):
             try:
-                decoded.append(decode_image(source, self.image_size))
+                decoded.append(decode_image_with_size(source, self.image_size))
             except ImageError as error:
                 decoded.append(str(error).removeprefix(f"{name}: ").removeprefix("image: "))
         return names, decoded
 
-    def _classify(self, names: list[str], decoded: list[np.ndarray | str]) -> list[Prediction]:
-        good = [image for image in decoded if not isinstance(image, str)]
-        probabilities = iter(self.predict_batch(to_model_input(np.stack(good))) if good else [])
-        return [
-            Prediction(name, error=image) if isinstance(image, str)
-            else Prediction(name, {self.class_names[c]: float(p) for c, p in enumerate(next(probabilities))})
-            for name, image in zip(names, decoded, strict=True)
-        ]
+    def _classify(self, names: list[str], decoded: list, rules: VerdictRules) -> list[Prediction]:
+        good = [item for item in decoded if not isinstance(item, str)]
+        if not good:
+            return [Prediction(name, error=item) for name, item in zip(names, decoded, strict=True)]
+        probabilities, features = self._run(to_model_input(np.stack([image for image, _ in good])))
+        neither = self.detector.flags(features) if self.detector is not None and features is not None else [None] * len(good)
+        if features is None:
+            features = [None] * len(good)
+        results = iter(zip(good, probabilities, neither, features, strict=True))
+        predictions = []
+        for name, item in zip(names, decoded, strict=True):
+            if isinstance(item, str):
+                predictions.append(Prediction(name, error=item))
+                continue
+            (_, size), row, is_neither, pooled = next(results)
+            named = {self.class_names[c]: float(p) for c, p in enumerate(row)}
+            verdict = decide(named, size, None if is_neither is None else bool(is_neither), rules)
+            text = describe(verdict, named, size, rules)
+            predictions.append(Prediction(name, named, verdict=verdict, text=text, size=size, features=pooled))
+        return predictions
+
+    def classify_one(self, source: ImageSource) -> Prediction:
+        """One source's Prediction, verdict included; an unreadable source comes back with `error`."""
+        return self.predict([source])[0]
 
     def predict_one(self, source: ImageSource) -> dict[str, float]:
         """{class name: probability} for one image; raises ImageError with a one-line reason."""
-        image = to_model_input(decode_image(source, self.image_size))
+        image = to_model_input(decode_image_with_size(source, self.image_size)[0])
         return {self.class_names[c]: float(p) for c, p in enumerate(self.predict_batch(image)[0])}
 
 

@@ -13,7 +13,9 @@ After every epoch the run folder gets, each written atomically: `checkpoint.weig
 the same `--run-dir` again resumes after the last finished epoch. At the end the best weights
 are restored, a softmax temperature fitted on the validation split is folded into the last layer
 (`train.calibrate`, dogcat.calibration), and the run folder holds `dog_cat_classifier.keras`, `class_names.pkl`,
-`config.toml` (the resolved config), `history.csv`, `metrics.json` and `training_curves.png`.
+its ONNX twin `dog_cat_classifier.onnx`, the "neither" detector `dog_cat_detector.npz` (fitted on the
+training and validation photos, dogcat.verdict), `config.toml` (the resolved config),
+`history.csv`, `metrics.json` and `training_curves.png`.
 """
 
 from __future__ import annotations
@@ -44,8 +46,10 @@ from dogcat.calibration import fit_temperature, fold_temperature, log_loss_at, l
 from dogcat.config import Config, load_config, validate_config
 from dogcat.data import LABELS, Split, read_split
 from dogcat.dataset import ImageBatches, decode_all
+from dogcat.export import export_onnx
 from dogcat.features import CachedViews, cache_activations, split_model, trunk_function
 from dogcat.model import build_model, set_fine_tuning
+from dogcat.verdict import fit_detector_beside
 
 CHECKPOINT_FILENAME = "checkpoint.weights.h5"
 OPTIMIZER_FILENAME = "optimizer.npz"
@@ -141,6 +145,10 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
     final.set_weights(model.get_weights())
     save_atomic(run_dir / MODEL_FILENAME, final.save)
     save_class_names(run_dir / CLASS_NAMES_FILENAME, CLASS_NAMES)
+    # The ONNX twin (the fast runtime, and the pooled features) and the "neither" detector beside
+    # the model: a finished run folder serves verdicts as it is (dogcat.verdict).
+    export_onnx(run_dir / MODEL_FILENAME)
+    fit_detector_beside(run_dir / MODEL_FILENAME, config.data.dir, config.predict.turn_away, log)
     best = next(row for row in history if row["epoch"] == state["best_epoch"])
     metrics = {
         "best_epoch": state["best_epoch"],
