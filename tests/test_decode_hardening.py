@@ -376,3 +376,12 @@ def test_evaluate_skips_unreadable_files_with_their_reasons(tmp_path, kaggle_fol
         assert reasons[name] == reason
     assert reasons["crash.jpg"].startswith("not an image, or not a supported format")
     assert metrics["count"] == 6
+
+
+def test_a_folder_named_like_an_image_is_answered_for_not_skipped(tmp_path):
+    (tmp_path / "x.jpg").mkdir()
+    (tmp_path / "sub").mkdir()  # a plain folder matched by a glob stays out, as before
+    assert expand_paths([str(tmp_path / "x.jpg")]) == ([str(tmp_path / "x.jpg")], [])
+    assert expand_paths([str(tmp_path / "*")]) == ([str(tmp_path / "x.jpg")], [])
+    with pytest.raises(ImageError, match="is a folder, not an image file"):
+        decode_image(tmp_path / "x.jpg")
