@@ -34,6 +34,23 @@ class ArtifactError(ValueError):
     """A model or class-names file that is missing, malformed or unsafe."""
 
 
+class ArtifactWriteError(ArtifactError):
+    """An artifact could not be written (disk full, no permission); the message names the file.
+
+    A bare OSError from deep inside h5py or Keras says neither which file nor, often, that the
+    disk is full; the command line prints this one line instead of a traceback.
+    """
+
+
+def _write_error(path: Path, error: BaseException) -> ArtifactWriteError:
+    if isinstance(error, OSError) and error.errno:  # h5py's strerror is HDF5's multi-line report
+        reason = f"{os.strerror(error.errno)} (errno {error.errno})"
+    else:
+        lines = str(error).strip().splitlines()
+        reason = lines[0][:200] if lines else type(error).__name__
+    return ArtifactWriteError(f"Could not write {path}: {reason}. Received: path={str(path)!r}")
+
+
 def bundled_file(folder: str, name: str) -> Path | None:
     """A file the project ships outside the package (models/, demos/).
 
@@ -72,16 +89,50 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     name ends with the real name, since Keras picks the format from suffixes like .weights.h5.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=f".{path.name}")
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = _temporary_beside(path)
     try:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp_path, path)
+    except OSError as error:  # disk full, read-only, no permission: say which file
+        raise _write_error(path, error) from error
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _temporary_beside(path: Path) -> Path:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=f".{path.name}")
+    except OSError as error:
+        raise _write_error(path, error) from error
+    os.close(fd)
+    return Path(tmp)
+
+
+def save_all_atomic(saves: dict[Path, Callable[[Path], object]]) -> None:
+    """Like `save_atomic` for files that must change together: every file is written to its
+    temporary name first and only then are all renamed, in order, so a failed write (a full
+    disk) leaves all of them as they were. Put the file that commits the others last.
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, save in saves.items():
+            path = Path(path)
+            staged.append((_temporary_beside(path), path))
+            try:
+                save(staged[-1][0])
+                os.chmod(staged[-1][0], 0o666 & ~_umask())
+            except OSError as error:
+                raise _write_error(path, error) from error
+        for tmp, path in staged:
+            try:
+                os.replace(tmp, path)
+            except OSError as error:
+                raise _write_error(path, error) from error
+    finally:
+        for tmp, _ in staged:
+            tmp.unlink(missing_ok=True)
 
 
 def _umask() -> int:

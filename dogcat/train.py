@@ -37,9 +37,9 @@ from dogcat.artifacts import (
     CLASS_NAMES,
     CLASS_NAMES_FILENAME,
     MODEL_FILENAME,
+    save_all_atomic,
     save_atomic,
     save_class_names,
-    write_bytes_atomic,
     write_text_atomic,
 )
 from dogcat.calibration import fit_temperature, fold_temperature, log_loss_at, logits_of
@@ -82,8 +82,7 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
             raise TrainError(f"This run has already finished. Received: run_dir={str(run_dir)!r}")
         log(f"resuming {run_dir} after epoch {state['epoch']}")
     else:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / "config.toml", config.to_toml())
+        write_text_atomic(run_dir / "config.toml", config.to_toml())  # creates run_dir; an OSError names the file
         state = {"epoch": 0, "phase": None, "best_val_loss": None, "best_epoch": None, "wait": 0, "finished": False}
 
     tc, size = config.train, config.data.image_size
@@ -98,6 +97,8 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
 
     compiled_phase = None
     for epoch in range(state["epoch"], tc.epochs):
+        if tc.early_stopping_patience and state["wait"] >= tc.early_stopping_patience:
+            break  # a run that stopped early, then failed writing its final files, is rerun to finish
         phase = "head" if epoch < tc.head_epochs and config.model.fine_tune_blocks > 0 else "fine_tune"
         if phase != compiled_phase:
             set_fine_tuning(model, 0 if phase == "head" else config.model.fine_tune_blocks)
@@ -121,14 +122,19 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
         improved = state["best_val_loss"] is None or row["val_loss"] < state["best_val_loss"]
         if improved:
             state.update(best_val_loss=row["val_loss"], best_epoch=epoch + 1, wait=0)
-            save_atomic(run_dir / "best.weights.h5", model.save_weights)
         else:
             state["wait"] += 1
-        save_atomic(run_dir / CHECKPOINT_FILENAME, model.save_weights)
-        _save_optimizer(fitted, run_dir / OPTIMIZER_FILENAME)
-        _write_history(run_dir / "history.csv", history)
         state["epoch"] = epoch + 1
-        write_text_atomic(state_path, json.dumps(state, indent=2))
+        # One commit per epoch, state.json last: a failed write (a full disk) changes none of these
+        # files, so the checkpoint never runs ahead of the state and a rerun resumes cleanly.
+        epoch_files: dict[Path, Callable[[Path], object]] = {run_dir / "best.weights.h5": model.save_weights} if improved else {}
+        epoch_files.update({
+            run_dir / CHECKPOINT_FILENAME: model.save_weights,
+            run_dir / OPTIMIZER_FILENAME: lambda tmp: tmp.write_bytes(_optimizer_bytes(fitted)),
+            run_dir / "history.csv": lambda tmp: tmp.write_text(_history_text(history), encoding="utf-8"),
+            state_path: lambda tmp: tmp.write_text(json.dumps(state, indent=2), encoding="utf-8"),
+        })
+        save_all_atomic(epoch_files)
         log(  # after the checkpoint: an epoch that was reported is never redone
             f"epoch {epoch + 1}/{tc.epochs} [{phase}] loss {row['loss']:.4f} acc {row['accuracy']:.4f} "
             f"val_loss {row['val_loss']:.4f} val_acc {row['val_accuracy']:.4f} {row['seconds']:.0f}s"
@@ -225,12 +231,12 @@ def _fit_inputs(config: Config, splits: dict[str, Split], model: keras.Model, pr
             CachedViews(val_cache, val_split.labels, tc.batch_size))
 
 
-def _save_optimizer(model: keras.Model, path: Path) -> None:
+def _optimizer_bytes(model: keras.Model) -> bytes:
     store: dict = {}
     model.optimizer.save_own_variables(store)
     buffer = io.BytesIO()
     np.savez(buffer, **store)
-    write_bytes_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def _load_optimizer(model: keras.Model, path: Path) -> None:
@@ -244,12 +250,12 @@ def _manifest_hash(data_dir: str) -> str | None:
     return hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else None
 
 
-def _write_history(path: Path, history: list[dict]) -> None:
+def _history_text(history: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(history)
-    write_text_atomic(path, buffer.getvalue())
+    return buffer.getvalue()
 
 
 def _read_history(path: Path) -> list[dict]:

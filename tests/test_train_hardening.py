@@ -1,7 +1,9 @@
 """Training refuses data it cannot learn from, survives failed writes, and resumes to the same weights."""
 
 import csv
+import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -54,3 +56,59 @@ def test_a_folder_of_cats_only_is_refused(tmp_path, tiny_dataset):
         shutil.copytree(tiny_dataset / split / "cat", data / split / "cat")
     with pytest.raises(TrainError, match=r"The train split has no dog images"):
         train(_config(data), tmp_path / "run", log=lambda _: None, progress=False)
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_run_resumes(tmp_path, tiny_dataset, monkeypatch, capsys):
+    import errno
+
+    import keras
+
+    from dogcat.cli import main
+
+    real_save_weights = keras.Model.save_weights
+    checkpoints, best_after_epoch_1, names = [], [], []
+
+    def disk_fills_in_epoch_2(self, filepath, *args, **kwargs):
+        names.append(Path(filepath).name.split(".", 2)[-1])
+        if len(names) == 3:  # epoch 2's first write: best.weights.h5 still holds epoch 1
+            best_after_epoch_1.append((run / "best.weights.h5").read_bytes())
+        if str(filepath).endswith("checkpoint.weights.h5"):
+            checkpoints.append(filepath)
+            if len(checkpoints) == 2:  # epoch 2's checkpoint, after its best.weights.h5 was written
+                real_save_weights(self, filepath, *args, **kwargs)  # a partial file, as a full disk leaves
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save_weights(self, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save_weights", disk_fills_in_epoch_2)
+    run = tmp_path / "run"
+    overrides = [f'data.dir="{tiny_dataset}"', f"data.image_size={TINY_SIZE}", "model.weights=none",
+                 "model.dense_units=8", "train.epochs=3", "train.head_epochs=1", "train.batch_size=8"]
+    assert main(["train", "--run-dir", str(run), *overrides]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert names == ["best.weights.h5", "checkpoint.weights.h5"] * 2  # epoch 2 improved: its best was written
+    checkpoint = run / "checkpoint.weights.h5"
+    assert err.strip().splitlines()[-1] == (
+        f"dogcat: error: Could not write {checkpoint}: No space left on device (errno 28). Received: path={str(checkpoint)!r}"
+    )
+    # Epoch 2's files were not half-committed: best, state and history all still say epoch 1.
+    assert (run / "best.weights.h5").read_bytes() == best_after_epoch_1[0]
+    assert json.loads((run / "state.json").read_text())["epoch"] == 1
+    assert [row["epoch"] for row in csv.DictReader((run / "history.csv").open())] == ["1"]
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".tmp-")]
+
+    monkeypatch.setattr(keras.Model, "save_weights", real_save_weights)  # space freed
+    assert main(["train", "--run-dir", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming {run} after epoch 1" in out
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("epoch ")] == ["2/3", "3/3"]
+    assert (run / "dog_cat_classifier.keras").is_file()
+
+
+def test_an_unwritable_run_folder_is_one_line(tmp_path, tiny_dataset):
+    from dogcat.artifacts import ArtifactWriteError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ArtifactWriteError, match=r"^Could not write .*config\.toml: .*\(errno \d+\)\. Received: path="):
+        train(_config(tiny_dataset), blocker / "run", log=lambda _: None, progress=False)
