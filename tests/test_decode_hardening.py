@@ -385,3 +385,21 @@ def test_a_folder_named_like_an_image_is_answered_for_not_skipped(tmp_path):
     assert expand_paths([str(tmp_path / "*")]) == ([str(tmp_path / "x.jpg")], [])
     with pytest.raises(ImageError, match="is a folder, not an image file"):
         decode_image(tmp_path / "x.jpg")
+
+
+def test_streamlit_labels_the_photos_uploaded_with_crash_files(monkeypatch, tiny_model_dir):
+    pytest.importorskip("streamlit")
+    from streamlit.testing.v1 import AppTest
+
+    from tests.conftest import REPO, _drawn_photo
+
+    monkeypatch.setenv("DOGCAT_MODEL", str(tiny_model_dir / "dog_cat_classifier.keras"))
+    app = AppTest.from_file(str(REPO / "demos" / "streamlit_app.py"), default_timeout=120).run()
+    good = io.BytesIO()
+    _drawn_photo("cat", 1).save(good, format="JPEG")
+    files = [("good.jpg", good.getvalue())] + [(name, (FIXTURES / name).read_bytes()) for name in (*CRASHES, "postscript.jpg")]
+    app.file_uploader(key="uploads").set_value([(name, data, "image/jpeg") for name, data in files])
+    app.run()
+    assert not app.exception
+    assert len(app.subheader) == 1  # the good photo's verdict
+    assert sorted(e.value.split(":")[0] for e in app.error) == ["crash-dds.jpg", "crash-qoi.jpg", "postscript.jpg"]
