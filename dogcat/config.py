@@ -55,7 +55,7 @@ class PredictConfig:
     batch_size: int = 32
     # Photos whose shorter side is below this many pixels are "too small to judge": below it,
     # accuracy on scaled-down test photos falls under 95% (benchmarks/verdicts.py).
-    min_side: int = 32
+    min_side: int = 80
     # The "neither" detector's threshold turns away at most this share of the validation
     # split's real cats and dogs (set when it is fitted: end of `dogcat train`, `dogcat detector fit`).
     turn_away: float = 0.01

@@ -90,10 +90,10 @@ class KerasRunner:
         self.num_outputs = int(model.output_shape[-1])
         self._lock = threading.Lock()  # one call at a time: Keras gives no thread-safety promise
 
-        import keras
+        from dogcat.model import with_features
 
-        try:  # the pooled features too, for the detector; a model without a "pool" layer has none
-            self._with_features = keras.Model(model.inputs, [model.output, model.get_layer("pool").output])
+        try:  # the detector's features too; a model that is not a dogcat classifier has none
+            self._with_features = with_features(model)
         except ValueError:
             self._with_features = None
         self.has_features = self._with_features is not None

@@ -142,6 +142,30 @@ def inference_model(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, x, name="dogcat_inference")
 
 
+def with_features(model: keras.Model) -> keras.Model:
+    """The classifier with a second output: the detector's features (dogcat.verdict.FEATURE_BLOCKS).
+
+    Shares `model`'s layers and weights. The second output is the head's pooled features and
+    the pooled outputs of the named base layers, side by side, from the same forward pass.
+    Raises ValueError for a model that is not a dogcat classifier (no base, or no such layers).
+    """
+    from dogcat.verdict import FEATURE_BLOCKS
+
+    base = model.get_layer(BASE_NAME)
+    inner = [base.get_layer(name).output for name, _ in FEATURE_BLOCKS if name != HEAD_LAYERS[0]]
+    tapped = keras.Model(base.input, [base.output, *inner], name="base_with_taps")
+    inputs = keras.Input(model.input_shape[1:], name="image")
+    top, *taps = tapped(model.get_layer("to_mobilenet_range")(inputs), training=False)
+    pooled = {HEAD_LAYERS[0]: model.get_layer(HEAD_LAYERS[0])(top)}
+    for (name, _), tap in zip([b for b in FEATURE_BLOCKS if b[0] != HEAD_LAYERS[0]], taps, strict=True):
+        pooled[name] = keras.layers.GlobalAveragePooling2D(name=f"pooled_{name}")(tap)
+    x = pooled[HEAD_LAYERS[0]]
+    for name in HEAD_LAYERS[1:]:
+        x = model.get_layer(name)(x)
+    features = keras.layers.Concatenate(name="features")([pooled[name] for name, _ in FEATURE_BLOCKS])
+    return keras.Model(inputs, [x, features], name="dogcat_with_features")
+
+
 def load_model(path: str | Path, compile: bool = False) -> keras.Model:
     """Load a `.keras` classifier with safe_mode on (no arbitrary code from the file)."""
     path = Path(path)

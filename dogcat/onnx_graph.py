@@ -1,8 +1,8 @@
 """dogcat's networks as ONNX graphs, written layer by layer from the Keras layers' own weights.
 
 One writer serves two jobs. `dogcat export` writes the whole classifier for serving, with two
-outputs: the probabilities and the pooled 1,280-wide features that the "neither" detector reads
-(dogcat.detector). Fast training writes the frozen trunk, so caching its activations runs on
+outputs: the probabilities and the pooled features that the "neither" detector reads
+(dogcat.verdict.FEATURE_BLOCKS). Fast training writes the frozen trunk, so caching its activations runs on
 ONNX Runtime, several times faster than a Keras `predict` on a CPU (benchmarks/training.py).
 Because the graph is built here from weights and settings, it needs only the `onnx` package: no
 TensorFlow, no tf2onnx, and it is the same on every Keras backend. Only the layer types dogcat's
@@ -19,7 +19,7 @@ from dogcat.model import BASE_NAME, HEAD_LAYERS
 
 OPSET = 17
 PROBABILITIES = "probabilities"  # (N, classes): the classifier's softmax output
-FEATURES = "features"  # (N, 1280): the base's output, globally average-pooled (the "pool" layer)
+FEATURES = "features"  # (N, width): the detector's input, dogcat.verdict.FEATURE_BLOCKS side by side
 
 
 class UnsupportedLayer(ValueError):
@@ -32,7 +32,7 @@ def trunk_to_onnx(model: keras.Model, cut: keras.KerasTensor) -> bytes:
     from onnx import helper
 
     graph, x = _start(model)
-    activations = _translate_base(graph, model, x, stop_at=cut)
+    activations = _translate_base(graph, model, x, stop_at=cut)[id(cut)]
     output = graph.node("Transpose", [activations], perm=[0, 2, 3, 1], name="activations")
     outputs = [helper.make_tensor_value_info(output, _FLOAT, ["N", *cut.shape[1:]])]
     return _finish(graph, model, "dogcat_trunk", outputs).SerializeToString()
@@ -42,27 +42,37 @@ def classifier_to_onnx(model: keras.Model):
     """The whole classifier as an onnx.ModelProto: images in [0, 1] -> PROBABILITIES and FEATURES.
 
     The head is dogcat's (dogcat.model.HEAD_LAYERS): global average pooling, Dense + ReLU,
-    Dropout (an identity at inference) and Dense + softmax. FEATURES is the pooling's output.
+    Dropout (an identity at inference) and Dense + softmax. FEATURES is the pooling's output and
+    the pooled outputs of the base layers that dogcat.verdict.FEATURE_BLOCKS names, side by side.
     """
     from onnx import helper
 
+    from dogcat.verdict import FEATURE_BLOCKS
+
+    base = model.get_layer(BASE_NAME)
     graph, x = _start(model)
-    x = _translate_base(graph, model, x, stop_at=None)
+    names = _translate_base(graph, model, x, stop_at=None)
+    x = names[id(base.output)]
     outputs = {}
     for name in HEAD_LAYERS:
         layer = model.get_layer(name)
         if isinstance(layer, keras.layers.GlobalAveragePooling2D):
-            x = outputs[FEATURES] = graph.node("ReduceMean", [x], name=FEATURES, axes=[2, 3], keepdims=0)
+            x = outputs[FEATURES] = graph.node("ReduceMean", [x], axes=[2, 3], keepdims=0)
         elif isinstance(layer, keras.layers.Dropout):
             continue
         elif isinstance(layer, keras.layers.Dense):
             x = _dense(graph, layer, x, name=PROBABILITIES if name == HEAD_LAYERS[-1] else None)
         else:
             raise UnsupportedLayer(f"No ONNX translation for {type(layer).__name__} in the head. Received: layer={name}")
-    outputs[PROBABILITIES] = x
     if FEATURES not in outputs or x != PROBABILITIES:
         raise UnsupportedLayer(f"Expected a pooling layer and a final Dense in the head. Received: head={HEAD_LAYERS}")
-    widths = {PROBABILITIES: model.output_shape[-1], FEATURES: model.get_layer(HEAD_LAYERS[0]).output.shape[-1]}
+    blocks = [
+        outputs[FEATURES] if name == HEAD_LAYERS[0]
+        else graph.node("ReduceMean", [names[id(base.get_layer(name).output)]], axes=[2, 3], keepdims=0)
+        for name, _ in FEATURE_BLOCKS
+    ]
+    graph.node("Concat", blocks, name=FEATURES, axis=1)
+    widths = {PROBABILITIES: model.output_shape[-1], FEATURES: sum(width for _, width in FEATURE_BLOCKS)}
     values = [helper.make_tensor_value_info(name, _FLOAT, ["N", widths[name]]) for name in (PROBABILITIES, FEATURES)]
     return _finish(graph, model, "dogcat_classifier", values)
 
@@ -81,8 +91,11 @@ def _start(model: keras.Model):
     return graph, graph.node("Transpose", [x], perm=[0, 3, 1, 2])  # NHWC -> NCHW, ONNX's convolution layout
 
 
-def _translate_base(graph: _GraphBuilder, model: keras.Model, x: str, stop_at) -> str:
-    """Translate the base up to the tensor `stop_at` (its output when None); returns that name."""
+def _translate_base(graph: _GraphBuilder, model: keras.Model, x: str, stop_at) -> dict[int, str]:
+    """Translate the base up to the tensor `stop_at` (its output when None).
+
+    Returns the graph name of every tensor translated, keyed by id() of its Keras tensor.
+    """
     base = model.get_layer(BASE_NAME)
     stop_at = base.output if stop_at is None else stop_at
     names = {id(base.input): x}
@@ -90,7 +103,7 @@ def _translate_base(graph: _GraphBuilder, model: keras.Model, x: str, stop_at) -
         inputs = layer.input if isinstance(layer.input, list | tuple) else [layer.input]
         names[id(layer.output)] = _translate(graph, layer, [names[id(t)] for t in inputs], inputs[0].shape)
         if layer.output is stop_at:
-            return names[id(stop_at)]
+            return names
     raise UnsupportedLayer(f"The cut tensor is not an output of {BASE_NAME}. Received: cut={stop_at}")
 
 

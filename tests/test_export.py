@@ -59,20 +59,24 @@ def test_onnx_runtime_matches_keras_on_real_photos(exported, shared_data):
     np.testing.assert_allclose(onnx.predict_batch(images), reference.predict_batch(images), atol=PARITY, rtol=0)
 
 
-def test_onnx_features_are_the_keras_models_pooled_features(exported):
+def test_onnx_features_are_the_keras_models_features(exported):
     """The "neither" detector reads these: the ONNX-only Space must see what Keras sees."""
     import onnxruntime
 
-    from dogcat.model import load_model
+    from dogcat.model import load_model, with_features
 
     session = onnxruntime.InferenceSession(str(exported.with_suffix(".onnx")), providers=["CPUExecutionProvider"])
     model = load_model(exported)
     images = _photos()
     probabilities, features = session.run(["probabilities", "features"], {"image": images})
-    expected = keras.Model(model.input, model.get_layer("pool").output).predict_on_batch(images)
-    assert features.shape == (len(images), 1280)
+    keras_probabilities, expected = with_features(model).predict_on_batch(images)
+    # The first block is the head's own pooling: the very tensor the classifier's Dense layers read.
+    pool = keras.Model(model.input, model.get_layer("pool").output).predict_on_batch(images)
+    np.testing.assert_allclose(expected[:, :1280], pool, atol=1e-5 * np.abs(pool).max(), rtol=0)
+    assert features.shape == expected.shape == (len(images), 1280 + 160)
     np.testing.assert_allclose(features, expected, atol=1e-4 * np.abs(expected).max(), rtol=0)
-    np.testing.assert_allclose(probabilities, model.predict_on_batch(images), atol=PARITY, rtol=0)
+    np.testing.assert_allclose(keras_probabilities, model.predict_on_batch(images), atol=1e-6, rtol=0)
+    np.testing.assert_allclose(probabilities, keras_probabilities, atol=PARITY, rtol=0)
 
 
 def test_a_stale_export_is_never_used(exported, tmp_path, tiny_model_dir):
