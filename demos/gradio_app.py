@@ -1,4 +1,4 @@
-"""dogcat's Gradio demo: one photo in, P(cat) and P(dog) out.
+"""dogcat's Gradio demo: one photo in; a verdict (cat, dog, neither, not sure, too small) and P(cat), P(dog) out.
 
 Run it with `dogcat demo`, `python demos/gradio_app.py`, or `gradio demos/gradio_app.py` (reload
 mode imports this module and serves `demo`). `dogcat space build OUT` copies this very file to
@@ -12,6 +12,7 @@ is dogcat's (dogcat.inference / dogcat.preprocessing); this file only wires it t
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +41,12 @@ QUEUE_MAX_SIZE = 64
 DELETE_CACHE = (3600, 3600)
 
 CLASSIFIER = Classifier.from_path()
+if CLASSIFIER.verdict_warning:  # e.g. no detector beside the model: cat/dog verdicts only
+    print(f"dogcat: warning: {CLASSIFIER.verdict_warning}", file=sys.stderr)
 
 
-def predict(image: dict[str, Any] | str | None) -> dict[str, float]:
-    """Classify one uploaded photo: {"cat": p, "dog": p}, summing to 1.
+def predict(image: dict[str, Any] | str | None) -> tuple[str, dict[str, float]]:
+    """Classify one uploaded photo: (the verdict in words, {"cat": p, "dog": p} summing to 1).
 
     `image` is the upload as Gradio hands it over unprocessed (a file-data dict whose `path` is
     the uploaded copy in Gradio's cache) or a plain path. Anything that is not a readable image
@@ -58,29 +61,32 @@ def predict(image: dict[str, Any] | str | None) -> dict[str, float]:
     result = CLASSIFIER.predict([path])[0]
     if result.error:
         raise gr.Error(f"Cannot read {name}: {result.error}.", print_exception=False)
-    return result.probabilities
+    return result.text, result.probabilities
 
 
 with gr.Blocks(title="dogcat: cat or dog?", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
     gr.Markdown(
-        "# Cat or dog?\n"
-        "Upload a photo: a MobileNetV2 fine-tuned with Keras 3 gives the probability of each. "
-        "It only knows these two classes, so it answers cat or dog for *any* picture "
-        "(try the astronaut and the rocket)."
+        "# Cat, dog, or neither?\n"
+        "Upload a photo: a MobileNetV2 fine-tuned with Keras 3 says whether it shows a cat or a dog. "
+        "A photo of neither (try the astronaut and the rocket) is said to be so: its features are far "
+        "from those of every training photo. Too small a photo, or one the model is unsure of, is said "
+        "to be so too. The probabilities below are the classifier's, which it gives for any photo."
     )
     with gr.Row():
         # preprocess=False below: the uploaded file goes to dogcat's decoder untouched, so a
         # corrupt file is reported by dogcat in one line instead of failing inside Gradio.
         image_input = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"])
-        label_output = gr.Label(num_top_classes=2, label="Prediction")
+        with gr.Column():
+            verdict_output = gr.Label(label="Verdict")
+            label_output = gr.Label(num_top_classes=2, label="Probabilities (cat vs dog only)")
     with gr.Row():
-        gr.ClearButton([image_input, label_output])
+        gr.ClearButton([image_input, verdict_output, label_output])
         submit = gr.Button("Classify", variant="primary")
     gr.Examples(examples=[[str(path)] for path in EXAMPLES], inputs=[image_input], cache_examples=False)
     submit.click(
         predict,
         inputs=image_input,
-        outputs=label_output,
+        outputs=[verdict_output, label_output],
         api_name="predict",
         preprocess=False,
         concurrency_limit=CONCURRENCY_LIMIT,

@@ -1,4 +1,4 @@
-"""dogcat's Streamlit page: drop in photos, get "cat" or "dog" and how sure the model is.
+"""dogcat's Streamlit page: drop in photos, get a verdict (cat, dog, neither, not sure, too small).
 
 Run it with `dogcat app [--model PATH]`. UI code only: decoding, orientation, size limits and
 the model call all live in the dogcat package.
@@ -15,6 +15,7 @@ from dogcat.artifacts import load_model_card
 from dogcat.config import Config
 from dogcat.inference import Classifier, Prediction, default_model_path
 from dogcat.preprocessing import ImageError, load_image
+from dogcat.verdict import NEITHER, TOO_SMALL, UNSURE, VerdictRules
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png"]
 PREVIEW_SIZE = 512  # photos are shown at most this wide; large JPEGs are decoded at reduced scale
@@ -32,7 +33,7 @@ def load_classifier(model_path: str) -> Classifier:
     return Classifier.from_path(model_path)
 
 
-def sidebar(model_path: str) -> tuple[float, bool]:
+def sidebar(model_path: str) -> tuple[VerdictRules, bool]:
     with st.sidebar:
         threshold = st.slider(
             "Say \"not sure\" below this confidence", min_value=0.5, max_value=1.0,
@@ -40,7 +41,7 @@ def sidebar(model_path: str) -> tuple[float, bool]:
         )
         use_camera = st.toggle("Use the camera", key="use_camera")
         about(model_path)
-    return threshold, use_camera
+    return VerdictRules(unsure_below=threshold, min_side=Config().predict.min_side), use_camera
 
 
 def about(model_path: str) -> None:
@@ -55,10 +56,26 @@ def about(model_path: str) -> None:
             )
         else:
             st.markdown("No measured metrics were found beside this model.")
+        st.markdown(neither_text(test or {}))
         if training.get("data_manifest_sha256"):
             st.caption(f"Data manifest sha256 {training['data_manifest_sha256'][:12]}...")
         st.caption(f"Model file: {model_path}")
-        st.caption("It always answers cat or dog, even for a photo of neither.")
+
+
+def neither_text(test: dict) -> str:
+    """How "neither" is decided, with what was measured where the model card has it."""
+    text = (
+        "**Neither a cat nor a dog** is said when the photo's features are far from those of every "
+        "training photo (a nearest-neighbour test beside the classifier); **too small** when its "
+        "shorter side is under the size where accuracy drops below 95%."
+    )
+    folder, turned_away = test.get("neither_folder"), test.get("turned_away")
+    if folder and turned_away:
+        text += (
+            f" Measured: {folder['flagged']:.0%} of {folder['count']} photos with no cat or dog were called "
+            f"neither, and {turned_away['neither']:.1%} of the real test cats and dogs."
+        )
+    return text + " It still misses some animals that look like pets (big cats, foxes), and drawings."
 
 
 def collect_uploads(use_camera: bool) -> list[Upload]:
@@ -73,7 +90,7 @@ def collect_uploads(use_camera: bool) -> list[Upload]:
     return uploads
 
 
-def show_prediction(upload: Upload, prediction: Prediction, threshold: float) -> None:
+def show_prediction(upload: Upload, prediction: Prediction) -> None:
     if prediction.error:
         st.error(f"{upload.name}: {prediction.error}")
         return
@@ -81,16 +98,18 @@ def show_prediction(upload: Upload, prediction: Prediction, threshold: float) ->
     # This is a second, display-sized decode on purpose: the model's input must come from
     # decode_image on the original bytes, exactly as in training, not from this preview.
     try:
-        preview = load_image(io.BytesIO(upload.data), draft_size=PREVIEW_SIZE)
-        preview.thumbnail((PREVIEW_SIZE, PREVIEW_SIZE))
+        preview = load_image(io.BytesIO(upload.data), draft_size=PREVIEW_SIZE, max_side=PREVIEW_SIZE)
     except ImageError:
         preview = None  # unreachable in practice: predict decoded the same bytes
     picture, verdict = st.columns([1, 1])
     if preview is not None:
         picture.image(preview, caption=upload.name, width="stretch")
-    sure = prediction.confidence >= threshold
-    headline = prediction.label if sure else f"not sure (maybe {prediction.label})"
-    verdict.subheader(headline)
+    verdict.subheader(prediction.text)
+    if prediction.verdict == NEITHER:
+        verdict.caption("This photo does not look like the cats and dogs the model knows.")
+    elif prediction.verdict in (UNSURE, TOO_SMALL):
+        verdict.caption("The model cannot tell from this photo.")
+    # Secondary: the classifier's two probabilities, which it gives for any photo.
     for label, probability in prediction.probabilities.items():
         verdict.progress(probability, text=f"{label}: {probability:.1%}")
 
@@ -99,15 +118,17 @@ def main() -> None:
     st.set_page_config(page_title="dogcat", page_icon=":dog:")
     st.title("Cat or dog?")
     model_path = str(default_model_path())
-    threshold, use_camera = sidebar(model_path)
+    rules, use_camera = sidebar(model_path)
     uploads = collect_uploads(use_camera)
     if not uploads:
         st.info("Upload one or more JPEG or PNG photos to classify them.")
         return
     classifier = load_classifier(model_path)
-    predictions = classifier.predict([u.data for u in uploads], names=[u.name for u in uploads])
+    if classifier.verdict_warning:
+        st.warning(classifier.verdict_warning)
+    predictions = classifier.predict([u.data for u in uploads], names=[u.name for u in uploads], rules=rules)
     for upload, prediction in zip(uploads, predictions, strict=True):
-        show_prediction(upload, prediction, threshold)
+        show_prediction(upload, prediction)
 
 
 if __name__ == "__main__":

@@ -87,6 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", default="test", help="split in the manifest (default: test)")
     evaluate.add_argument("--out", type=Path, help="write metrics.json and confusion_matrix.png here")
     evaluate.add_argument("--runtime", choices=["auto", "keras", "onnx"], help="as for predict")
+    evaluate.add_argument("--neither", type=Path, metavar="FOLDER",
+                          help="also report the share of this folder's photos (no cat, no dog) called neither")
     evaluate.set_defaults(handler=_evaluate)
 
     predict = commands.add_parser("predict", help="classify image files, folders or globs")
@@ -103,6 +105,15 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("model", type=Path, nargs="?", help=".keras file (default: the shipped model)")
     export.add_argument("--out", type=Path, help="output .onnx path (default: dog_cat_classifier.onnx beside the model)")
     export.set_defaults(handler=_export)
+
+    detector = commands.add_parser("detector", help="the 'neither' detector beside a model").add_subparsers(
+        required=True, metavar="COMMAND")
+    detector_fit = detector.add_parser("fit", help="fit it for a model on a prepared dataset (train and val splits)")
+    detector_fit.add_argument("model", type=Path, help=".keras file (the detector is written beside it)")
+    detector_fit.add_argument("data", type=Path, help="prepared dataset folder (the model's training data)")
+    detector_fit.add_argument("--turn-away", type=float, help="share of val cats and dogs it may call neither "
+                              "(default: predict.turn_away, 0.01)")
+    detector_fit.set_defaults(handler=_detector_fit)
 
     app = commands.add_parser("app", help="run the Streamlit app in the browser")
     _add_server_arguments(app, port=8501)
@@ -160,7 +171,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from dogcat.evaluate import evaluate, format_metrics
     from dogcat.inference import Classifier
 
-    metrics = evaluate(Classifier.from_path(args.model, runtime=args.runtime), args.data, args.split, args.out)
+    classifier = Classifier.from_path(args.model, runtime=args.runtime)
+    _warn_about_verdicts(classifier)
+    metrics = evaluate(classifier, args.data, args.split, args.out, neither_dir=args.neither)
     print(format_metrics(metrics))
     for skipped in metrics["skipped"]:
         print(f"dogcat: skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
@@ -172,31 +185,48 @@ def _predict(args: argparse.Namespace) -> int:
 
     sources, missing = expand_paths(args.paths)
     classifier = Classifier.from_path(args.model, runtime=args.runtime)
+    _warn_about_verdicts(classifier)
     names = list(classifier.class_names.values())
     results = classifier.predict(sources) + [Prediction(m, error="no such file") for m in missing]
     if args.json:
         for result in results:
-            print(json.dumps({"path": result.source, "label": result.label,
-                              "probabilities": result.probabilities, "error": result.error}))
+            print(json.dumps({"path": result.source, "verdict": result.verdict, "label": result.label,
+                              "probabilities": result.probabilities, "size": result.size, "error": result.error}))
     elif args.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["path", "label", *(f"p_{n}" for n in names), "error"])
+        writer.writerow(["path", "verdict", "label", *(f"p_{n}" for n in names), "width", "height", "error"])
         for result in results:
             probabilities = [f"{result.probabilities[n]:.6f}" for n in names] if result.probabilities else [""] * len(names)
-            writer.writerow([result.source, result.label or "", *probabilities, result.error or ""])
+            width, height = result.size or ("", "")
+            writer.writerow([result.source, result.verdict or "", result.label or "", *probabilities, width, height,
+                             result.error or ""])
     else:
         width = max(len(r.source) for r in results)
-        print(f"{'path':<{width}}  {'label':<5}  " + "  ".join(f"p({n})" for n in names))
+        print(f"{'path':<{width}}  {'verdict':<9}  " + "  ".join(f"p({n})" for n in names))
         for result in results:
             if result.error:
                 print(f"{result.source:<{width}}  error: {result.error}")
             else:
-                print(f"{result.source:<{width}}  {result.label:<5}  "
+                print(f"{result.source:<{width}}  {result.verdict:<9}  "
                       + "  ".join(f"{result.probabilities[n]:{len(n) + 3}.4f}" for n in names))
     failed = [r for r in results if r.error]
     for result in failed:
         print(f"dogcat: error: {result.source}: {result.error}", file=sys.stderr)
     return EXIT_FILE_ERRORS if failed else 0
+
+
+def _warn_about_verdicts(classifier) -> None:
+    if classifier.verdict_warning:
+        print(f"dogcat: warning: {classifier.verdict_warning}", file=sys.stderr)
+
+
+def _detector_fit(args: argparse.Namespace) -> int:
+    from dogcat.config import PredictConfig
+    from dogcat.verdict import fit_detector_beside
+
+    turn_away = PredictConfig.turn_away if args.turn_away is None else args.turn_away
+    fit_detector_beside(args.model, args.data, turn_away)
+    return 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -222,14 +252,26 @@ def _app(args: argparse.Namespace) -> int:
     if args.model is not None:
         Classifier.from_path(args.model)  # fail here, in one line, rather than inside the page
         env["DOGCAT_MODEL"] = str(args.model.resolve())
-    command = [
-        sys.executable, "-m", "streamlit", "run", str(script),
-        "--server.address", args.host, "--server.port", str(args.port),
-        "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
-    ]
     # Replace this process, so Ctrl-C and a supervisor's SIGTERM reach Streamlit directly.
-    os.execve(sys.executable, command, env)
+    os.execve(sys.executable, _app_command(script, args.host, args.port), env)
     return 0  # not reached
+
+
+def _app_command(script: Path, host: str, port: int) -> list[str]:
+    """The Streamlit command line for `dogcat app`.
+
+    Streamlit's own upload limit (200 MB by default) is set to dogcat's MAX_FILE_BYTES, so a
+    bigger upload is refused by the server before it is held in memory, and the uploader says
+    the limit dogcat applies (Streamlit's "MB" is 2**20 bytes).
+    """
+    from dogcat.preprocessing import MAX_FILE_BYTES
+
+    return [
+        sys.executable, "-m", "streamlit", "run", str(script),
+        "--server.address", host, "--server.port", str(port),
+        "--server.headless", "true", "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal",
+        "--server.maxUploadSize", str(MAX_FILE_BYTES // 2**20),
+    ]
 
 
 def _space_build(args: argparse.Namespace) -> int:
@@ -273,20 +315,32 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def expand_paths(patterns: list[str]) -> tuple[list[str], list[str]]:
-    """Files as given, folders searched recursively for images, globs expanded; returns (found, missing)."""
-    from dogcat.data import IMAGE_SUFFIXES
+    """Files as given, folders searched recursively for images, globs expanded; returns (found, missing).
+
+    `found` holds every path the decoder must answer for, readable or not: a fifo, a broken link,
+    a file without read permission, a folder named like an image, and a folder that cannot be
+    listed each get their own one-line reason from it, instead of a traceback or silence.
+    """
+    from dogcat.data import IMAGE_SUFFIXES, list_image_files
 
     found: list[str] = []
     missing: list[str] = []
     for pattern in patterns:
         path = Path(pattern)
-        if path.is_dir():
-            found.extend(str(p) for p in sorted(path.rglob("*")) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.exists():
+        try:
+            is_dir, exists = path.is_dir(), path.exists() or path.is_symlink()
+        except OSError:  # e.g. a parent folder without search permission: the decoder says so
+            found.append(pattern)
+            continue
+        if is_dir:
+            files, unreadable = list_image_files(path)
+            # A folder with nothing to read (say `x.jpg/`) is answered for too: the decoder says it is a folder.
+            found.extend([str(p) for p in sorted(files + unreadable)] or [pattern])
+        elif exists:
             found.append(pattern)
         elif glob.has_magic(pattern):
             matches = sorted(glob.glob(pattern, recursive=True))
-            found.extend(m for m in matches if Path(m).is_file())
+            found.extend(m for m in matches if not os.path.isdir(m) or Path(m).suffix.lower() in IMAGE_SUFFIXES)
             if not matches:
                 missing.append(pattern)
         else:

@@ -13,12 +13,18 @@
     OUT/.gitattributes     Git LFS rules for the binary files, for a `git push` of the folder
 
 The vendored package finds the model at OUT/models/ the way a source checkout finds models/, so
-app.py needs no path of its own. Building into an existing folder (such as a `git clone` of the
-Space) replaces only the entries above and keeps everything else (.git included).
+app.py needs no path of its own.
+
+It never deletes what it did not write. Each build lists its files in OUT/.dogcat-space.json, and
+a rebuild replaces only the files listed there, keeping everything else (.git, the user's notes).
+Without that marker OUT must be empty, or a fresh clone of a Space: .git, .gitattributes and the
+Hub's generated README.md (front matter and its one "configuration reference" line), which the
+build's README replaces.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import math
@@ -31,6 +37,7 @@ from typing import Any
 from dogcat import __version__
 from dogcat.artifacts import (
     CLASS_NAMES_FILENAME,
+    DETECTOR_FILENAME,
     MODEL_FILENAME,
     bundled_file,
     load_class_names,
@@ -46,7 +53,7 @@ APP_FILENAME = "gradio_app.py"
 NOT_VENDORED = ("__pycache__", "*.pyc", "_models", "_demos")
 
 # Files copied from beside the model when present: the card is built from them.
-MODEL_SIDE_FILES = ("dog_cat_classifier.onnx", "test_metrics.json", "training.json", "config.toml", "confusion_matrix.png")
+MODEL_SIDE_FILES = ("dog_cat_classifier.onnx", DETECTOR_FILENAME, "test_metrics.json", "training.json", "config.toml", "confusion_matrix.png")
 # What the Space installs, pinned to the versions installed (and tested) here.
 # tensorflow-cpu: a Space has no GPU, and the CPU wheel is a fraction of the size.
 # A model with a matching ONNX twin (`dogcat export`) is served by ONNX Runtime, which needs
@@ -55,8 +62,12 @@ ONNX_REQUIREMENTS = ("gradio", "onnxruntime", "pillow", "numpy")
 # Without one, the Space runs the .keras model itself.
 REQUIREMENTS = ("gradio", "keras", "tensorflow-cpu", "onnxruntime", "pillow", "numpy", "tqdm", "matplotlib")
 LFS_PATTERNS = ("*.keras", "*.onnx", "*.pkl", "*.png", "*.jpg")
-# The entries build_space owns in OUT; anything else there is left alone.
-MANAGED = ("app.py", "dogcat", "models", "examples", "requirements.txt", "README.md")
+# Lists the files a build wrote, so that the next build replaces exactly those and nothing else.
+MARKER_FILENAME = ".dogcat-space.json"
+STAGING_PREFIX = ".dogcat-space-"
+# What a fresh `git clone` of a new Space holds; a folder with only these may be built into.
+CLONE_ENTRIES = (".git", ".gitattributes")
+HUB_README_LINE = "Check out the configuration reference at https://huggingface.co/docs/hub/spaces-config-reference"
 
 FRONT_MATTER = {
     "title": "dogcat",
@@ -119,12 +130,13 @@ def build_space(out_dir: str | Path, model_path: str | Path | None = None) -> Pa
         raise SpaceError(f"The model to copy is already inside the output folder; copy it elsewhere first. Received: model={str(model)!r}")
     if out.exists() and not out.is_dir():
         raise SpaceError(f"The output path exists and is not a folder. Received: out_dir={str(out)!r}")
+    previous = _previous_build(out)  # refuses a folder of someone else's files before anything is written
     app = find_gradio_app()
     serves_onnx = isinstance(onnx_runner_for(model), OnnxRunner)
     requirements = pinned_requirements(ONNX_REQUIREMENTS if serves_onnx else REQUIREMENTS)
 
     out.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out, prefix=".dogcat-space-"))
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=STAGING_PREFIX))
     try:
         shutil.copy2(app, staging / "app.py")
         shutil.copytree(PACKAGE_DIR, staging / "dogcat",
@@ -141,19 +153,88 @@ def build_space(out_dir: str | Path, model_path: str | Path | None = None) -> Pa
                 shutil.copy2(model.with_name(name), models / name)
         (staging / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
         (staging / "README.md").write_text(space_readme(models, class_names, requirements), encoding="utf-8")
-        # Everything staged: now swap the entries in, one rename each.
-        for name in MANAGED:
+        written = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+        clashes = [name for name in written if name not in previous and (out / name).exists()]
+        if clashes:
+            raise SpaceError(
+                f"The output folder has a file this build would overwrite but did not write; move it first. "
+                f"Received: path={str(out / clashes[0])!r}"
+            )
+        # Everything staged: swap the files in. The marker is widened first, so a crash midway
+        # leaves every file that may be this build's listed for the next build to clean up.
+        _write_marker(out, sorted(set(previous) | set(written)))
+        for name in previous:
             target = out / name
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            elif target.exists() or target.is_symlink():
+            if target.is_file() or target.is_symlink():
                 target.unlink()
-            if (staging / name).exists():
-                (staging / name).rename(target)
+        for name in written:
+            (out / name).parent.mkdir(parents=True, exist_ok=True)
+            (staging / name).rename(out / name)
+        _remove_empty_folders(out, [name for name in previous if name not in written])
+        _write_marker(out, written)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     _ensure_lfs_rules(out / ".gitattributes")
     return out
+
+
+def _previous_build(out: Path) -> list[str]:
+    """The files the last build wrote into `out`, which this build may replace (for a fresh Space
+    clone, only the Hub's generated README.md).
+
+    Raises SpaceError for a folder holding anything else without a marker, and for a marker that
+    names paths outside the folder, so a build never deletes a file it did not write.
+    """
+    if not out.is_dir():
+        return []
+    marker = out / MARKER_FILENAME
+    if marker.is_file():
+        try:
+            files = json.loads(marker.read_text(encoding="utf-8"))["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            files = None
+        safe = isinstance(files, list) and all(
+            isinstance(name, str) and name and not Path(name).is_absolute()
+            and ".." not in Path(name).parts and Path(name).parts[0] not in (".git", MARKER_FILENAME)
+            for name in files
+        )
+        if not safe:
+            raise SpaceError(f"The output folder's build marker is damaged; delete it to rebuild. Received: path={str(marker)!r}")
+        return files
+    foreign = sorted(
+        entry.name for entry in out.iterdir()
+        if entry.name not in CLONE_ENTRIES and not entry.name.startswith(STAGING_PREFIX)
+        and not (entry.name == "README.md" and _is_hub_readme(entry))
+    )
+    if foreign:
+        raise SpaceError(
+            f"The output folder holds files that dogcat did not write ({len(foreign)} entries); build into an empty "
+            f"folder or a fresh clone of the Space. Received: out_dir={str(out)!r} holding {foreign[0]!r}"
+        )
+    return ["README.md"] if (out / "README.md").is_file() else []  # the Hub's generated one: replaced
+
+
+def _is_hub_readme(path: Path) -> bool:
+    """Whether `path` is the README.md the Hub generates for a new Space: front matter and one line."""
+    try:
+        text = path.read_text(encoding="utf-8") if path.is_file() and path.stat().st_size < 4096 else ""
+    except (OSError, UnicodeDecodeError):
+        return False
+    parts = text.split("---", 2)
+    return len(parts) == 3 and parts[0].strip() == "" and parts[2].strip() == HUB_README_LINE
+
+
+def _write_marker(out: Path, files: list[str]) -> None:
+    record = {"built_by": f"dogcat {__version__}", "files": files}
+    write_text_atomic(out / MARKER_FILENAME, json.dumps(record, indent=1) + "\n")
+
+
+def _remove_empty_folders(out: Path, removed: list[str]) -> None:
+    """Remove the folders that held only files of the previous build (never `out` itself)."""
+    folders = {parent for name in removed for parent in (out / name).parents if out in parent.parents}
+    for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+        with contextlib.suppress(OSError):  # not empty (user files, __pycache__) or already gone
+            folder.rmdir()
 
 
 def _resolve_model(model_path: str | Path | None) -> Path:
@@ -209,9 +290,10 @@ def space_readme(models: Path, class_names: dict[int, str], requirements: list[s
     size_mb = (models / MODEL_FILENAME).stat().st_size / 1e6
 
     lines += [
-        "# dogcat: cat or dog?",
+        "# dogcat: cat, dog, or neither?",
         "",
-        f"Upload a photo and the app gives the probability of each class ({', '.join(class_names.values())}), "
+        "Upload a photo and the app gives a verdict: cat, dog, neither a cat nor a dog, not sure, or too small "
+        f"to judge; and, below it, the classifier's probability of each class ({', '.join(class_names.values())}), "
         "summing to 1. The model is MobileNetV2 with ImageNet weights, fine-tuned with Keras 3 by "
         f"dogcat {__version__}, whose source is vendored in `dogcat/`.",
         "",
@@ -220,6 +302,9 @@ def space_readme(models: Path, class_names: dict[int, str], requirements: list[s
         f"- `models/{MODEL_FILENAME}` ({size_mb:.1f} MB): takes one RGB photo, squashed to the model's square input; "
         "decoding (EXIF rotation, transparency, 16-bit and CMYK images) is dogcat's `decode_image`.",
         f"- `models/{CLASS_NAMES_FILENAME}`: {{{names}}}.",
+        *([f"- `models/{DETECTOR_FILENAME}`: the \"neither\" detector. A photo whose pooled MobileNetV2 features are "
+           "far (cosine distance to the k-th nearest) from every training photo's is called neither; the threshold "
+           "turns away about 1% of the validation cats and dogs."] if (models / DETECTOR_FILENAME).is_file() else []),
         "",
         "## Data",
         "",
@@ -238,8 +323,12 @@ def space_readme(models: Path, class_names: dict[int, str], requirements: list[s
         "",
         "## Limits",
         "",
-        "- It knows two classes only, so it answers cat or dog for **any** image: a car, a rocket or a "
-        "person gets one of the two labels, sometimes with high confidence (the rocket and astronaut examples show it).",
+        *(["- The classifier knows two classes only and gives P(cat) and P(dog) for any image; the \"neither\" "
+           "verdict comes from the detector beside it. It still lets through some animals that look like pets "
+           "(big cats, some wild mammals), and turns away about 1-2% of real cats and dogs."]
+          if (models / DETECTOR_FILENAME).is_file() else
+          ["- It knows two classes only, so it answers cat or dog for **any** image: a car, a rocket or a "
+           "person gets one of the two labels, sometimes with high confidence (no detector was built for this model)."]),
         "- Training photos were squashed to a square from their original aspect ratio; uploads are squashed the same way.",
         "- A photo with both a cat and a dog gets one answer for the whole picture.",
     ]
@@ -254,8 +343,9 @@ def space_readme(models: Path, class_names: dict[int, str], requirements: list[s
         "from gradio_client import Client, handle_file",
         "",
         'client = Client("USER/SPACE")  # this Space',
-        'result = client.predict(handle_file("photo.jpg"), api_name="/predict")',
-        "# {'label': 'dog', 'confidences': [{'label': 'dog', 'confidence': 0.99...}, {'label': 'cat', ...}]}",
+        'verdict, probabilities = client.predict(handle_file("photo.jpg"), api_name="/predict")',
+        "# verdict: {'label': 'Dog'} ('Neither a cat nor a dog', 'Not sure (maybe cat)', ...)",
+        "# probabilities: {'label': 'dog', 'confidences': [{'label': 'dog', 'confidence': 0.99...}, ...]}",
         "```",
         "",
         "## Files",

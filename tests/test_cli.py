@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from dogcat.cli import main
+from dogcat.verdict import VERDICTS
 from tests.conftest import REPO
 
 
@@ -38,7 +39,11 @@ def test_predict_reports_bad_files_and_still_predicts_the_good_ones(photos, tiny
     assert "truncated" in rows["truncated.jpg"]["error"]
     assert rows["notes.jpg"]["error"].startswith("not an image")
     assert rows["empty.png"]["error"] == "empty file"
-    assert len(err.strip().splitlines()) == 3  # one line per bad file, no traceback
+    # One line per bad file, after the one-line warning that this model has no detector; no traceback.
+    warning, *errors = err.strip().splitlines()
+    assert warning.startswith("dogcat: warning: no ")
+    assert len(errors) == 3
+    assert all(line.startswith("dogcat: error: ") for line in errors)
     assert "Traceback" not in err
 
 
@@ -49,15 +54,16 @@ def test_predict_json_glob_and_missing_path(photos, tiny_model_dir, capsys):
     assert code == 1
     assert [line["path"].rsplit("/", 1)[-1] for line in lines] == ["cat.0.jpg", "dog.0.jpg", "nope.jpg"]
     assert set(lines[0]["probabilities"]) == {"cat", "dog"}
-    assert lines[2] == {"path": str(photos / "nope.jpg"), "label": None, "probabilities": None, "error": "no such file"}
+    assert lines[2] == {"path": str(photos / "nope.jpg"), "verdict": None, "label": None, "probabilities": None,
+                        "size": None, "error": "no such file"}
 
 
 def test_predict_table_exits_zero_when_every_file_is_read(photos, tiny_model_dir, capsys):
     code = main(["predict", str(photos / "cat.0.jpg"), "--model", str(tiny_model_dir / "dog_cat_classifier.keras")])
     header, row = capsys.readouterr().out.splitlines()
     assert code == 0
-    assert header.split() == ["path", "label", "p(cat)", "p(dog)"]
-    assert row.split()[1] in {"cat", "dog"}
+    assert header.split() == ["path", "verdict", "p(cat)", "p(dog)"]
+    assert row.split()[1] in VERDICTS
 
 
 def test_a_malicious_class_names_file_stops_predict_with_one_line(tmp_path, tiny_model_dir, photos, capsys):
@@ -116,4 +122,6 @@ def test_console_entry_point_reports_bad_input_without_a_traceback(tmp_path, tin
     )
     assert result.returncode == 1
     # exactly one line: no traceback, and no backend start-up chatter around it
-    assert result.stderr.splitlines() == [f"dogcat: error: {tmp_path / 'bad.jpg'}: not an image, or not a supported format (JPEG, PNG, WebP, BMP or GIF)"]
+    warning, error = result.stderr.splitlines()
+    assert warning.startswith("dogcat: warning: no ")  # the tiny model has no detector beside it
+    assert error == f"dogcat: error: {tmp_path / 'bad.jpg'}: not an image, or not a supported format (JPEG, PNG, WebP, BMP or GIF)"

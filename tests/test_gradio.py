@@ -70,14 +70,16 @@ def _assert_one_clean_line(message: str, folder: Path) -> None:
 # --- the app, in process ---------------------------------------------------------------------------
 
 
-def test_predict_returns_a_probability_for_each_class(app, tmp_path):
+def test_predict_returns_a_verdict_and_a_probability_for_each_class(app, tmp_path):
     photo = tmp_path / "drawn.png"
     _drawn_photo("dog", 3, size=80).save(photo)
-    result = app.predict(_upload(photo))
+    verdict, result = app.predict(_upload(photo))
+    # The untrained tiny model is never sure, and it has no detector beside it.
+    assert verdict.startswith("Not sure (maybe ")
     assert set(result) == {"cat", "dog"}
     assert all(0.0 <= p <= 1.0 for p in result.values())
     assert sum(result.values()) == pytest.approx(1.0, abs=1e-5)
-    assert app.predict(str(photo)) == result  # a plain path works too (reload mode, direct calls)
+    assert app.predict(str(photo)) == (verdict, result)  # a plain path works too (reload mode, direct calls)
 
 
 @pytest.mark.parametrize(
@@ -121,7 +123,7 @@ def test_every_example_is_readable_and_licensed(app):
     licences = (APP_FILE.parent / "examples" / "LICENSES.md").read_text(encoding="utf-8")
     for path in examples:
         assert f"`{path.name}`" in licences, f"{path.name} has no licence entry"
-        assert sum(app.predict(str(path)).values()) == pytest.approx(1.0, abs=1e-5)
+        assert sum(app.predict(str(path))[1].values()) == pytest.approx(1.0, abs=1e-5)
 
 
 # --- building the Space -------------------------------------------------------------------------
@@ -199,16 +201,19 @@ def test_space_of_an_exported_model_runs_without_keras_or_tensorflow(space):
     pins = dict(line.split("==") for line in (space / "requirements.txt").read_text().split())
     assert list(pins) == list(ONNX_REQUIREMENTS)
     assert (space / "models" / "dog_cat_classifier.onnx").is_file()
+    assert (space / "models" / "dog_cat_detector.npz").is_file()
     # Import the app with keras and tensorflow made unimportable: it must build and answer.
     probe = (
         "import sys; sys.modules.update(keras=None, tensorflow=None); import runpy; "
         "app = runpy.run_path('app.py', run_name='space_probe'); "
-        "print(app['CLASSIFIER'].runtime, sorted(app['predict']('examples/cat-chelsea.jpg')))"
+        "print(app['CLASSIFIER'].runtime, app['CLASSIFIER'].verdict_warning, "
+        "[app['predict'](f'examples/{name}')[0] for name in ('cat-chelsea.jpg', 'astronaut.jpg')])"
     )
     result = subprocess.run([sys.executable, "-c", probe], cwd=space, env=_space_env(0),
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().splitlines()[-1] == "onnx ['cat', 'dog']"
+    # The detector reads the ONNX twin's features: verdicts without Keras.
+    assert result.stdout.strip().splitlines()[-1] == "onnx None ['Cat', 'Neither a cat nor a dog']"
 
 
 @needs_tensorflow
@@ -220,13 +225,17 @@ def test_card_says_when_nothing_was_measured(tmp_path, tiny_model_dir):
 
 @needs_tensorflow
 def test_rebuilding_into_a_clone_of_the_space_keeps_its_other_files(tmp_path, tiny_model_dir):
+    import json
+
     out = tmp_path / "clone"
     (out / ".git").mkdir(parents=True)
     (out / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
     (out / ".gitattributes").write_text("*.pkl filter=lfs diff=lfs merge=lfs -text\n")
-    (out / "notes.txt").write_text("mine")
-    (out / "dogcat").mkdir()
-    (out / "dogcat" / "stale.py").write_text("# from an older build")
+    build_space(out, tiny_model_dir)
+    (out / "notes.txt").write_text("mine")  # the user's, added after the first build
+    marker = json.loads((out / ".dogcat-space.json").read_text())
+    (out / "dogcat" / "stale.py").write_text("# from an older build")  # as if an older build wrote it
+    (out / ".dogcat-space.json").write_text(json.dumps({"files": [*marker["files"], "dogcat/stale.py"]}))
     build_space(out, tiny_model_dir)
     build_space(out, tiny_model_dir)  # twice: idempotent
     assert (out / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"
@@ -290,9 +299,10 @@ def _probabilities(result: dict) -> dict[str, float]:
     return {item["label"]: item["confidence"] for item in result["confidences"]}
 
 
-def _classify(client, path: Path) -> tuple[str, dict[str, float]]:
-    result = client.predict(gradio_client.handle_file(str(path)), api_name="/predict")
-    return result["label"], _probabilities(result)
+def _classify(client, path: Path) -> tuple[str, str, dict[str, float]]:
+    """(the verdict in words, the top class, the probabilities) from the /predict endpoint."""
+    verdict, result = client.predict(gradio_client.handle_file(str(path)), api_name="/predict")
+    return verdict["label"], result["label"], _probabilities(result)
 
 
 @pytest.mark.slow
@@ -306,9 +316,11 @@ def test_space_imports_its_vendored_package(space):
 @pytest.mark.slow
 @needs_tensorflow
 def test_space_classifies_the_example_cat_and_refuses_a_corrupt_file(space, space_client, tmp_path):
-    label, probabilities = _classify(space_client, space / "examples" / "cat-chelsea.jpg")
-    assert label == "cat"
+    verdict, label, probabilities = _classify(space_client, space / "examples" / "cat-chelsea.jpg")
+    assert (verdict, label) == ("Cat", "cat")
     assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    verdict, label, _ = _classify(space_client, space / "examples" / "rocket.jpg")
+    assert verdict == "Neither a cat nor a dog"
 
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
@@ -326,7 +338,8 @@ def test_space_classifies_real_photos_one_by_one_and_twenty_at_once(space_client
     photos = {"cat": shared_data / REAL_CAT, "dog": shared_data / REAL_DOG}
     answers = {}
     for truth, path in photos.items():
-        label, probabilities = _classify(space_client, path)
+        verdict, label, probabilities = _classify(space_client, path)
+        assert verdict == truth.capitalize()
         assert label == truth
         assert set(probabilities) == {"cat", "dog"}
         assert probabilities[truth] > 0.9
@@ -337,9 +350,9 @@ def test_space_classifies_real_photos_one_by_one_and_twenty_at_once(space_client
     truths = ["cat", "dog"] * 10
     jobs = [space_client.submit(gradio_client.handle_file(str(photos[t])), api_name="/predict") for t in truths]
     results = [job.result(timeout=120) for job in jobs]  # all were submitted before the first is awaited
-    assert [r["label"] for r in results] == truths
+    assert [r[1]["label"] for r in results] == truths
     for truth, result in zip(truths, results, strict=True):
-        for name, p in _probabilities(result).items():
+        for name, p in _probabilities(result[1]).items():
             assert p == pytest.approx(answers[truth][name], abs=1e-5)
 
 
@@ -366,7 +379,7 @@ def test_cli_demo_serves_the_app(tiny_model_dir, tmp_path):
                  cwd=tmp_path, env=_space_env(port, keep_backend=True)):
         photo = tmp_path / "drawn.png"
         _drawn_photo("cat", 5, size=64).save(photo)
-        label, probabilities = _classify(gradio_client.Client(url, verbose=False), photo)
+        _, label, probabilities = _classify(gradio_client.Client(url, verbose=False), photo)
         assert set(probabilities) == {"cat", "dog"}
         assert label == max(probabilities, key=probabilities.get)
         assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)

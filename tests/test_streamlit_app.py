@@ -18,7 +18,7 @@ APP = str(REPO / "demos" / "streamlit_app.py")
 
 def _jpeg(label: str, index: int) -> bytes:
     buffer = io.BytesIO()
-    _drawn_photo(label, index).save(buffer, format="JPEG")
+    _drawn_photo(label, index, size=96).save(buffer, format="JPEG")  # over predict.min_side
     return buffer.getvalue()
 
 
@@ -54,9 +54,9 @@ def test_each_photo_gets_a_label_and_both_probabilities(tiny_app):
 def test_threshold_decides_when_the_page_is_not_sure(tiny_app):
     # The untrained tiny model is never confident: every top probability is close to 0.5.
     app = _upload(tiny_app, [("a.jpg", _jpeg("cat", 1))])
-    assert app.subheader[0].value.startswith("not sure (maybe ")
+    assert app.subheader[0].value.startswith("Not sure (maybe ")
     app.slider(key="threshold").set_value(0.5).run()
-    assert app.subheader[0].value in {"cat", "dog"}
+    assert app.subheader[0].value in {"Cat", "Dog"}
 
 
 def test_bad_uploads_get_one_error_line_each_and_good_ones_are_still_predicted(tiny_app):
@@ -84,6 +84,7 @@ def test_about_panel_reads_accuracy_from_the_model_card(monkeypatch):
     about = " ".join(m.value for m in app.sidebar.markdown)
     assert f"{card['accuracy']:.1%} accuracy" in about
     assert f"{card['count']} held-out" in about
+    assert "**Neither a cat nor a dog** is said when" in about
 
 
 @pytest.mark.shared_data
@@ -92,4 +93,14 @@ def test_shipped_model_labels_real_photos(monkeypatch, shared_data):
     app = AppTest.from_file(APP, default_timeout=120).run()
     app = _upload(app, [("cat.jpg", (shared_data / REAL_CAT).read_bytes()),
                         ("dog.jpg", (shared_data / REAL_DOG).read_bytes())])
-    assert [s.value for s in app.subheader] == ["cat", "dog"]
+    assert [s.value for s in app.subheader] == ["Cat", "Dog"]
+
+
+def test_shipped_model_says_neither_for_a_photo_of_neither(monkeypatch):
+    """The demo's astronaut (public domain): the classifier alone calls it a cat."""
+    monkeypatch.delenv("DOGCAT_MODEL", raising=False)
+    app = AppTest.from_file(APP, default_timeout=120).run()
+    app = _upload(app, [("astronaut.jpg", (REPO / "demos" / "examples" / "astronaut.jpg").read_bytes())])
+    assert not app.exception
+    assert [s.value for s in app.subheader] == ["Neither a cat nor a dog"]
+    assert not app.warning  # the shipped detector matches the shipped model

@@ -52,7 +52,13 @@ def test_browser_upload_gives_labels_and_a_readable_error(app_url, shared_data, 
             page.wait_for_function(
                 "() => document.querySelectorAll('[data-testid=\"stHeading\"] h3').length >= 2", timeout=90_000
             )
-            assert [text.strip() for text in headings.all_inner_texts()] == ["cat", "dog"]
+            assert [text.strip() for text in headings.all_inner_texts()] == ["Cat", "Dog"]
+
+            uploader.set_input_files([REPO / "demos" / "examples" / "rocket.jpg"])
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('[data-testid=\"stHeading\"] h3')]"
+                ".some(h => h.innerText.trim() === 'Neither a cat nor a dog')", timeout=60_000
+            )
 
             uploader.set_input_files([corrupt])
             error = page.locator('[data-testid="stAlertContentError"]')

@@ -32,9 +32,12 @@ def test_training_writes_a_complete_run_folder(tmp_path, tiny_dataset, views):
     run = train(config, tmp_path / "run", log=lines.append, progress=False)
     assert {p.name for p in run.iterdir()} == {
         "dog_cat_classifier.keras", "class_names.pkl", "config.toml", "history.csv", "metrics.json",
-        "training_curves.png", "best.weights.h5", "state.json",
+        "training_curves.png", "best.weights.h5", "state.json", "dog_cat_classifier.onnx", "dog_cat_detector.npz",
     }
     assert load_class_names(run / "class_names.pkl") == CLASS_NAMES
+    served = Classifier.from_path(run / "dog_cat_classifier.keras")  # the ONNX twin, and the detector tied to it
+    assert (served.runtime, served.verdict_warning) == ("onnx", None)
+    assert served.detector.info["train_photos"] == 16
     assert load_config(run / "config.toml") == config
     with (run / "history.csv").open() as handle:
         history = list(csv.DictReader(handle))
@@ -53,7 +56,7 @@ def test_saved_model_predicts_exactly_like_the_best_weights(tmp_path, tiny_datas
     reference = build_model(config.model, TINY_SIZE)
     reference.load_weights(run / "best.weights.h5")
     images = preprocess(read_split(tiny_dataset, "train").paths, TINY_SIZE)
-    served = Classifier.from_path(run / "dog_cat_classifier.keras").predict_batch(images)
+    served = Classifier.from_path(run / "dog_cat_classifier.keras", runtime="keras").predict_batch(images)
     np.testing.assert_array_equal(served, reference.predict_on_batch(images))
     assert json.loads((run / "metrics.json").read_text())["calibration"] is None
 
@@ -68,7 +71,7 @@ def test_saved_model_is_the_best_weights_with_the_val_fitted_temperature(tmp_pat
     fold_temperature(reference, calibration["temperature"])
     val = read_split(tiny_dataset, "val")
     images = preprocess(val.paths, TINY_SIZE)
-    served = Classifier.from_path(run / "dog_cat_classifier.keras").predict_batch(images)
+    served = Classifier.from_path(run / "dog_cat_classifier.keras", runtime="keras").predict_batch(images)
     np.testing.assert_allclose(served, reference.predict_on_batch(images), rtol=1e-5, atol=1e-7)
     served_loss = -np.mean(np.log(served[np.arange(len(val.labels)), val.labels]))
     assert served_loss == pytest.approx(calibration["val_loss_after"], abs=1e-5)
