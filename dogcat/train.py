@@ -112,8 +112,12 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
                 _load_optimizer(fitted, run_dir / OPTIMIZER_FILENAME)
             compiled_phase = state["phase"] = phase
         train_batches.set_epoch(epoch)
+        _reseed(model, tc.seed, epoch)
         started = time.perf_counter()
-        result = fitted.fit(train_batches, validation_data=val_batches, initial_epoch=epoch, epochs=epoch + 1, verbose=0)
+        # shuffle=False: the batches already come in an order drawn from (seed, epoch); fit's own
+        # shuffle of them draws from Python's global `random`, whose state a resumed process lacks.
+        result = fitted.fit(train_batches, validation_data=val_batches, initial_epoch=epoch, epochs=epoch + 1,
+                            shuffle=False, verbose=0)
         row = {key: float(values[-1]) for key, values in result.history.items()}
         row.update(epoch=epoch + 1, phase=phase, learning_rate=float(fitted.optimizer.learning_rate),
                    seconds=round(time.perf_counter() - started, 2))
@@ -178,6 +182,20 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
     log(f"best epoch {state['best_epoch']}: val_loss {best['val_loss']:.4f} val_acc {best['val_accuracy']:.4f}")
     log(f"model: {run_dir / MODEL_FILENAME}")
     return run_dir
+
+
+def _reseed(model: keras.Model, seed: int, epoch: int) -> None:
+    """Set every random layer's seed state (dropout, and augmentation with views = 0) from (seed, epoch).
+
+    These states advance with every training step and are not in the checkpoint, so a resumed run
+    would otherwise redraw its dropout masks from the start and end with different weights.
+    """
+    for index, layer in enumerate(model.layers):
+        generators = [value for value in vars(layer).values() if isinstance(value, keras.random.SeedGenerator)]
+        generators += list(getattr(layer, "_backend_generators", {}).values())
+        for generator in generators:
+            state = np.random.default_rng([seed, epoch, index]).integers(0, 2**31 - 1, size=2)
+            generator.state.assign(keras.ops.convert_to_tensor(state, dtype=generator.state.dtype))
 
 
 def _calibrate(fitted: keras.Model, val_batches, log: Callable[[str], None]) -> dict:

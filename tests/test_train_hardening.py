@@ -5,6 +5,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dogcat.config import load_config
@@ -112,3 +113,44 @@ def test_an_unwritable_run_folder_is_one_line(tmp_path, tiny_dataset):
     blocker.write_text("not a folder")
     with pytest.raises(ArtifactWriteError, match=r"^Could not write .*config\.toml: .*\(errno \d+\)\. Received: path="):
         train(_config(tiny_dataset), blocker / "run", log=lambda _: None, progress=False)
+
+
+class _Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("views", [2, 0])  # cached trunk activations (the default), and the whole network
+def test_a_run_killed_mid_epoch_resumes_to_the_same_weights(tmp_path, tiny_dataset, monkeypatch, views):
+    """Batch order (fit's own shuffle), dropout masks and augmentation all follow (seed, epoch), so
+    redoing epoch 2 after a crash in its middle ends where the uninterrupted run does."""
+    from dogcat.dataset import ImageBatches
+    from dogcat.features import CachedViews
+    from dogcat.inference import Classifier
+
+    # Small batches, so that batch order matters; dropout and augmentation on (the defaults).
+    config = _config(tiny_dataset, "train.epochs=3", "train.batch_size=2", "train.early_stopping_patience=0",
+                     f"train.views={views}")
+    straight = train(config, tmp_path / "straight", log=lambda _: None, progress=False)
+
+    batches = CachedViews if views else ImageBatches
+    real_getitem = batches.__getitem__
+    served = []
+
+    def crash_in_epoch_2(self, index):
+        served.append(self.shuffle)
+        if sum(served) == 15:  # epoch 1 takes 8 training batches (and Keras peeks at 2): this is mid epoch 2
+            raise _Crash("killed")
+        return real_getitem(self, index)
+
+    monkeypatch.setattr(batches, "__getitem__", crash_in_epoch_2)
+    with pytest.raises(Exception, match="killed"):
+        train(config, tmp_path / "resumed", log=lambda _: None, progress=False)
+    assert json.loads((tmp_path / "resumed" / "state.json").read_text())["epoch"] == 1
+    monkeypatch.setattr(batches, "__getitem__", real_getitem)
+    resumed = train(config, tmp_path / "resumed", log=lambda _: None, progress=False)
+
+    def weights(run):
+        return Classifier.from_path(run / "dog_cat_classifier.keras", runtime="keras").runner.model.get_weights()
+
+    for expected, actual in zip(weights(straight), weights(resumed), strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
