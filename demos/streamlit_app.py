@@ -116,7 +116,7 @@ def show_prediction(upload: Upload, prediction: Prediction) -> None:
 
 def main() -> None:
     st.set_page_config(page_title="dogcat", page_icon=":dog:")
-    st.title("Cat or dog?")
+    st.title("Cat, dog, or neither?")
     model_path = str(default_model_path())
     rules, use_camera = sidebar(model_path)
     uploads = collect_uploads(use_camera)
