@@ -9,7 +9,8 @@ The network runs on one of two runtimes: Keras (the reference) or ONNX Runtime, 
 faster per photo on a CPU. `from_path` picks ONNX when `dogcat export` has written a
 `dog_cat_classifier.onnx` beside the `.keras` that still matches it, else Keras.
 Keras is imported only when the Keras runtime is used. Both runtimes return the probabilities
-and the pooled features, from which dogcat.verdict decides each photo's verdict.
+and the pooled features, from which dogcat.verdict decides each photo's verdict, and, only when
+asked (`explain=True`), a Grad-CAM heatmap of where the model looked (dogcat.explain).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from dogcat.artifacts import (
     file_sha256,
     load_class_names,
 )
+from dogcat.explain import FEATURE_MAP, LOGIT_GRADIENTS, grad_cam, logit_gradients
 from dogcat.preprocessing import ImageError, ImageSource, decode_image_with_size, to_model_input
 from dogcat.verdict import Detector, VerdictRules, decide, describe, detector_for
 
@@ -53,6 +55,7 @@ class Prediction:
     `verdict` is "cat", "dog", "neither", "unsure" or "too_small" (dogcat.verdict.decide);
     `text` says it in words. `size` is the photo's upright (width, height) as given.
     `features` are the pooled network features the detector read (None where the runtime has none).
+    `heatmap` is the Grad-CAM map (H, W) in [0, 1] for `label`, when explaining (dogcat.explain.overlay draws it).
     """
 
     source: str
@@ -62,6 +65,7 @@ class Prediction:
     text: str | None = None
     size: tuple[int, int] | None = None
     features: np.ndarray | None = field(default=None, repr=False, compare=False)
+    heatmap: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str | None:
@@ -96,15 +100,28 @@ class KerasRunner:
             self._with_features = with_features(model)
         except ValueError:
             self._with_features = None
-        self.has_features = self._with_features is not None
+        self.has_features = self.can_explain = self._with_features is not None
+        self._with_feature_map = None  # built on the first explanation asked for
 
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(probabilities, pooled features or None)."""
+    def __call__(self, images: np.ndarray, explain: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(probabilities, pooled features or None, Grad-CAM maps (N, H, W, classes) when `explain`)."""
         with self._lock:
             if self._with_features is None:
-                return np.asarray(self.model.predict_on_batch(images)), None
-            probabilities, features = self._with_features.predict_on_batch(images)
-            return np.asarray(probabilities), np.asarray(features)
+                return np.asarray(self.model.predict_on_batch(images)), None, None
+            if not explain:
+                probabilities, features = self._with_features.predict_on_batch(images)
+                return np.asarray(probabilities), np.asarray(features), None
+            if self._with_feature_map is None:
+                import keras
+
+                from dogcat.model import HEAD_LAYERS, with_features
+
+                self._with_feature_map = with_features(self.model, feature_map=True)
+                dense, logits = (self.model.get_layer(name) for name in (HEAD_LAYERS[1], HEAD_LAYERS[-1]))
+                self._head = [keras.ops.convert_to_numpy(w) for w in (dense.kernel, dense.bias, logits.kernel)]
+            probabilities, features, feature_map = map(np.asarray, self._with_feature_map.predict_on_batch(images))
+        gradients = logit_gradients(feature_map.mean(axis=(1, 2)), *self._head)
+        return probabilities, features, grad_cam(feature_map, gradients)
 
 
 class OnnxRunner:
@@ -125,11 +142,15 @@ class OnnxRunner:
         if "features" in {o.name for o in self.session.get_outputs()}:
             self.outputs = [self.session.get_outputs()[0].name, "features"]
         self.has_features = len(self.outputs) > 1
+        # Exports made before Grad-CAM lack these; asked for only when explaining (a 250 KB map per photo).
+        self.can_explain = self.has_features and {FEATURE_MAP, LOGIT_GRADIENTS} <= {o.name for o in self.session.get_outputs()}
 
-    def __call__(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(probabilities, pooled features or None)."""
-        results = self.session.run(self.outputs, {self.input_name: images})
-        return results[0], (results[1] if len(results) > 1 else None)
+    def __call__(self, images: np.ndarray, explain: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(probabilities, pooled features or None, Grad-CAM maps (N, H, W, classes) when `explain`)."""
+        extra = [FEATURE_MAP, LOGIT_GRADIENTS] if explain else []
+        results = self.session.run(self.outputs + extra, {self.input_name: images})
+        maps = grad_cam(*results[-2:]) if explain else None
+        return results[0], (results[1] if len(self.outputs) > 1 else None), maps
 
 
 def onnx_runner_for(model_path: Path) -> OnnxRunner | str:
@@ -220,24 +241,36 @@ class Classifier:
             raise ImageError(f"Expected images of shape (N, {', '.join(map(str, expected))}). Received: shape={images.shape}")
         return self._run(images)[0]
 
-    def _run(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """(probabilities, pooled features or None) for a float32 batch, `batch_size` at a time."""
-        outputs = [self.runner(images[start : start + self.batch_size]) for start in range(0, len(images), self.batch_size)]
+    def _run(self, images: np.ndarray, explain: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(probabilities, pooled features or None, Grad-CAM maps when `explain`) for a float32 batch,
+        `batch_size` at a time."""
+        outputs = [self.runner(images[start : start + self.batch_size], explain=explain)
+                   for start in range(0, len(images), self.batch_size)]
         if not outputs:
-            return np.zeros((0, len(self.class_names)), np.float32), None
-        features = None if outputs[0][1] is None else np.concatenate([f for _, f in outputs])
-        return np.concatenate([p for p, _ in outputs]), features
+            return np.zeros((0, len(self.class_names)), np.float32), None, None
+        features = None if outputs[0][1] is None else np.concatenate([o[1] for o in outputs])
+        maps = np.concatenate([o[2] for o in outputs]) if explain else None
+        return np.concatenate([o[0] for o in outputs]), features, maps
+
+    @property
+    def can_explain(self) -> bool:
+        """Whether `predict(..., explain=True)` works: a dogcat classifier, or an export that has Grad-CAM's outputs."""
+        return self.runner.can_explain
 
     def predict(self, sources: Sequence[ImageSource], names: Sequence[str] | None = None,
-                rules: VerdictRules | None = None) -> list[Prediction]:
+                rules: VerdictRules | None = None, explain: bool = False) -> list[Prediction]:
         """Predict every source; unreadable ones come back with `error` set, in input order.
 
         `rules` overrides the classifier's verdict rules for this call (an app's slider).
+        `explain`: also give each prediction its Grad-CAM `heatmap` (dogcat.explain); off, nothing
+        extra is computed.
 
         Sources are decoded `batch_size` at a time, the next batch on a helper thread while the
         network runs on the current one (Pillow and both runtimes release the GIL), so decoding
         hides behind inference instead of adding to it.
         """
+        if explain and not self.can_explain:
+            raise ArtifactError(f"This model cannot explain its predictions ({self._no_explanation()}). Received: explain=True")
         names = list(names) if names is not None else [_describe(s) for s in sources]
         size = self.batch_size
         chunks = [(sources[i : i + size], names[i : i + size]) for i in range(0, len(sources), size)]
@@ -248,8 +281,13 @@ class Classifier:
                 batch = upcoming.result()
                 if index + 1 < len(chunks):
                     upcoming = decoder.submit(self._decode_batch, *chunks[index + 1])
-                results.extend(self._classify(*batch, rules or self.rules))
+                results.extend(self._classify(*batch, rules or self.rules, explain))
         return results
+
+    def _no_explanation(self) -> str:
+        if self.runtime == "onnx":
+            return "its ONNX export predates explanations: run `dogcat export` on the .keras again"
+        return "not a dogcat classifier"
 
     def _decode_batch(self, sources: Sequence[ImageSource], names: list[str]):
         """(names, each source as (uint8 image, size) or the one-line reason it could not be read)."""
@@ -261,25 +299,28 @@ class Classifier:
                 decoded.append(str(error).removeprefix(f"{name}: ").removeprefix("image: "))
         return names, decoded
 
-    def _classify(self, names: list[str], decoded: list, rules: VerdictRules) -> list[Prediction]:
+    def _classify(self, names: list[str], decoded: list, rules: VerdictRules, explain: bool = False) -> list[Prediction]:
         good = [item for item in decoded if not isinstance(item, str)]
         if not good:
             return [Prediction(name, error=item) for name, item in zip(names, decoded, strict=True)]
-        probabilities, features = self._run(to_model_input(np.stack([image for image, _ in good])))
+        probabilities, features, maps = self._run(to_model_input(np.stack([image for image, _ in good])), explain)
         neither = self.detector.flags(features) if self.detector is not None and features is not None else [None] * len(good)
         if features is None:
             features = [None] * len(good)
-        results = iter(zip(good, probabilities, neither, features, strict=True))
+        # Each photo's map for the class it was labelled (argmax), whatever its verdict.
+        heatmaps = [m[..., int(np.argmax(p))] for m, p in zip(maps, probabilities, strict=True)] if explain else [None] * len(good)
+        results = iter(zip(good, probabilities, neither, features, heatmaps, strict=True))
         predictions = []
         for name, item in zip(names, decoded, strict=True):
             if isinstance(item, str):
                 predictions.append(Prediction(name, error=item))
                 continue
-            (_, size), row, is_neither, pooled = next(results)
+            (_, size), row, is_neither, pooled, heatmap = next(results)
             named = {self.class_names[c]: float(p) for c, p in enumerate(row)}
             verdict = decide(named, size, None if is_neither is None else bool(is_neither), rules)
             text = describe(verdict, named, size, rules)
-            predictions.append(Prediction(name, named, verdict=verdict, text=text, size=size, features=pooled))
+            predictions.append(Prediction(name, named, verdict=verdict, text=text, size=size, features=pooled,
+                                          heatmap=heatmap))
         return predictions
 
     def classify_one(self, source: ImageSource) -> Prediction:

@@ -142,11 +142,13 @@ def inference_model(model: keras.Model) -> keras.Model:
     return keras.Model(inputs, x, name="dogcat_inference")
 
 
-def with_features(model: keras.Model) -> keras.Model:
+def with_features(model: keras.Model, feature_map: bool = False) -> keras.Model:
     """The classifier with a second output: the detector's features (dogcat.verdict.FEATURE_BLOCKS).
 
     Shares `model`'s layers and weights. The second output is the head's pooled features and
     the pooled outputs of the named base layers, side by side, from the same forward pass.
+    With `feature_map`, a third: the base's output (N, H, W, K) that Grad-CAM reads
+    (dogcat.explain); a separate model, so plain predictions never compute or copy it.
     Raises ValueError for a model that is not a dogcat classifier (no base, or no such layers).
     """
     from dogcat.verdict import FEATURE_BLOCKS
@@ -163,6 +165,8 @@ def with_features(model: keras.Model) -> keras.Model:
     for name in HEAD_LAYERS[1:]:
         x = model.get_layer(name)(x)
     features = keras.layers.Concatenate(name="features")([pooled[name] for name, _ in FEATURE_BLOCKS])
+    if feature_map:
+        return keras.Model(inputs, [x, features, top], name="dogcat_with_feature_map")
     return keras.Model(inputs, [x, features], name="dogcat_with_features")
 
 

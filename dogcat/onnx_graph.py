@@ -1,8 +1,11 @@
 """dogcat's networks as ONNX graphs, written layer by layer from the Keras layers' own weights.
 
-One writer serves two jobs. `dogcat export` writes the whole classifier for serving, with two
-outputs: the probabilities and the pooled features that the "neither" detector reads
-(dogcat.verdict.FEATURE_BLOCKS). Fast training writes the frozen trunk, so caching its activations runs on
+One writer serves two jobs. `dogcat export` writes the whole classifier for serving, with
+the probabilities, the pooled features that the "neither" detector reads
+(dogcat.verdict.FEATURE_BLOCKS), and what Grad-CAM needs (dogcat.explain): the base's feature map
+and the logits' gradient with respect to the pooled features, computed in the graph from the
+head's weights because ONNX Runtime alone cannot read them back. Callers ask for those two
+outputs only when explaining, so plain predictions do not transfer them. Fast training writes the frozen trunk, so caching its activations runs on
 ONNX Runtime, several times faster than a Keras `predict` on a CPU (benchmarks/training.py).
 Because the graph is built here from weights and settings, it needs only the `onnx` package: no
 TensorFlow, no tf2onnx, and it is the same on every Keras backend. Only the layer types dogcat's
@@ -15,6 +18,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from dogcat.explain import FEATURE_MAP, LOGIT_GRADIENTS
 from dogcat.model import BASE_NAME, HEAD_LAYERS
 
 OPSET = 17
@@ -39,11 +43,13 @@ def trunk_to_onnx(model: keras.Model, cut: keras.KerasTensor) -> bytes:
 
 
 def classifier_to_onnx(model: keras.Model):
-    """The whole classifier as an onnx.ModelProto: images in [0, 1] -> PROBABILITIES and FEATURES.
+    """The whole classifier as an onnx.ModelProto: images in [0, 1] -> PROBABILITIES, FEATURES,
+    FEATURE_MAP and LOGIT_GRADIENTS.
 
     The head is dogcat's (dogcat.model.HEAD_LAYERS): global average pooling, Dense + ReLU,
     Dropout (an identity at inference) and Dense + softmax. FEATURES is the pooling's output and
     the pooled outputs of the base layers that dogcat.verdict.FEATURE_BLOCKS names, side by side.
+    LOGIT_GRADIENTS is dogcat.explain.logit_gradients, written with the head's own Gemm weights.
     """
     from onnx import helper
 
@@ -53,7 +59,8 @@ def classifier_to_onnx(model: keras.Model):
     graph, x = _start(model)
     names = _translate_base(graph, model, x, stop_at=None)
     x = names[id(base.output)]
-    outputs = {}
+    graph.node("Transpose", [x], perm=[0, 2, 3, 1], name=FEATURE_MAP)
+    outputs, dense = {}, []
     for name in HEAD_LAYERS:
         layer = model.get_layer(name)
         if isinstance(layer, keras.layers.GlobalAveragePooling2D):
@@ -61,19 +68,30 @@ def classifier_to_onnx(model: keras.Model):
         elif isinstance(layer, keras.layers.Dropout):
             continue
         elif isinstance(layer, keras.layers.Dense):
-            x = _dense(graph, layer, x, name=PROBABILITIES if name == HEAD_LAYERS[-1] else None)
+            x, pre_activation, kernel = _dense(graph, layer, x, name=PROBABILITIES if name == HEAD_LAYERS[-1] else None)
+            dense.append((layer, pre_activation, kernel))
         else:
             raise UnsupportedLayer(f"No ONNX translation for {type(layer).__name__} in the head. Received: layer={name}")
-    if FEATURES not in outputs or x != PROBABILITIES:
-        raise UnsupportedLayer(f"Expected a pooling layer and a final Dense in the head. Received: head={HEAD_LAYERS}")
+    if FEATURES not in outputs or x != PROBABILITIES or len(dense) != 2 or dense[0][0].activation.__name__ != "relu":
+        raise UnsupportedLayer(f"Expected pooling, Dense + ReLU and a final Dense in the head. Received: head={HEAD_LAYERS}")
+    # relu'(z) as 0/1, then W1 . diag(relu'(z)) . W2 as (N, K, classes): dogcat.explain.logit_gradients.
+    (_, pre_activation, dense_kernel), (_, _, logits_kernel) = dense
+    active = graph.node("Cast", [graph.node("Greater", [pre_activation, graph.const(np.float32(0))])], to=_FLOAT)
+    active = graph.node("Unsqueeze", [active, graph.const(np.array([2], np.int64))])  # (N, units, 1)
+    graph.node("MatMul", [dense_kernel, graph.node("Mul", [active, logits_kernel])], name=LOGIT_GRADIENTS)
     blocks = [
         outputs[FEATURES] if name == HEAD_LAYERS[0]
         else graph.node("ReduceMean", [names[id(base.get_layer(name).output)]], axes=[2, 3], keepdims=0)
         for name, _ in FEATURE_BLOCKS
     ]
     graph.node("Concat", blocks, name=FEATURES, axis=1)
-    widths = {PROBABILITIES: model.output_shape[-1], FEATURES: sum(width for _, width in FEATURE_BLOCKS)}
-    values = [helper.make_tensor_value_info(name, _FLOAT, ["N", widths[name]]) for name in (PROBABILITIES, FEATURES)]
+    classes = model.output_shape[-1]
+    _, height, width, channels = base.output.shape
+    shapes = {
+        PROBABILITIES: ["N", classes], FEATURES: ["N", sum(width for _, width in FEATURE_BLOCKS)],
+        FEATURE_MAP: ["N", height, width, channels], LOGIT_GRADIENTS: ["N", channels, classes],
+    }
+    values = [helper.make_tensor_value_info(name, _FLOAT, shape) for name, shape in shapes.items()]
     return _finish(graph, model, "dogcat_classifier", values)
 
 
@@ -107,19 +125,21 @@ def _translate_base(graph: _GraphBuilder, model: keras.Model, x: str, stop_at) -
     raise UnsupportedLayer(f"The cut tensor is not an output of {BASE_NAME}. Received: cut={stop_at}")
 
 
-def _dense(graph: _GraphBuilder, layer, x: str, name: str | None) -> str:
+def _dense(graph: _GraphBuilder, layer, x: str, name: str | None) -> tuple[str, str, str]:
+    """(output, pre-activation, kernel initializer): Grad-CAM's gradient reuses the last two."""
     activation = layer.activation.__name__
     if activation not in ("linear", "relu", "softmax"):
         raise UnsupportedLayer(f"Only linear, relu and softmax Dense layers. Received: layer={layer.name}")
-    inputs = [x, graph.const(keras.ops.convert_to_numpy(layer.kernel))]
+    kernel = graph.const(keras.ops.convert_to_numpy(layer.kernel))
+    inputs = [x, kernel]
     if layer.use_bias:
         inputs.append(graph.const(keras.ops.convert_to_numpy(layer.bias)))
-    x = graph.node("Gemm", inputs, name=None if activation != "linear" else name)
+    x = pre_activation = graph.node("Gemm", inputs, name=None if activation != "linear" else name)
     if activation == "relu":
         x = graph.node("Relu", [x], name=name)
     elif activation == "softmax":
         x = graph.node("Softmax", [x], name=name, axis=-1)
-    return x
+    return x, pre_activation, kernel
 
 
 def _finish(graph: _GraphBuilder, model: keras.Model, title: str, outputs):
@@ -156,9 +176,12 @@ class _GraphBuilder:
         self.nodes, self.initializers, self._numpy_helper, self._count = [], [], numpy_helper, 0
 
     def const(self, array: np.ndarray) -> str:
+        """An initializer: float32, except int64 arrays (ONNX's axes and shapes) stay int64."""
         self._count += 1
         name = f"const_{self._count}"
-        self.initializers.append(self._numpy_helper.from_array(np.asarray(array, dtype=np.float32), name))
+        array = np.asarray(array)
+        array = array if array.dtype == np.int64 else array.astype(np.float32)
+        self.initializers.append(self._numpy_helper.from_array(array, name))
         return name
 
     def node(self, op: str, inputs: list[str], name: str | None = None, **attributes) -> str:

@@ -79,6 +79,29 @@ def test_onnx_features_are_the_keras_models_features(exported):
     np.testing.assert_allclose(probabilities, keras_probabilities, atol=PARITY, rtol=0)
 
 
+def test_onnx_grad_cam_outputs_are_the_keras_models(exported):
+    """Grad-CAM's inputs from the graph (dogcat.explain): the feature map and the logits' gradient,
+    which the graph computes from the head's weights; Keras gets the same from NumPy."""
+    import onnxruntime
+
+    from dogcat.explain import logit_gradients
+    from dogcat.model import load_model, with_features
+
+    session = onnxruntime.InferenceSession(str(exported.with_suffix(".onnx")), providers=["CPUExecutionProvider"])
+    model = load_model(exported)
+    images = _photos()
+    feature_map, gradients = session.run(["feature_map", "logit_gradients"], {"image": images})
+    expected_map = np.asarray(with_features(model, feature_map=True).predict_on_batch(images)[2])
+    assert feature_map.shape == expected_map.shape == (len(images), 7, 7, 1280)
+    np.testing.assert_allclose(feature_map, expected_map, atol=1e-4 * np.abs(expected_map).max(), rtol=0)
+    weights = [keras.ops.convert_to_numpy(w) for w in (model.get_layer("dense").kernel, model.get_layer("dense").bias,
+                                                       model.get_layer("probabilities").kernel)]
+    expected = logit_gradients(expected_map.mean(axis=(1, 2)), *weights)
+    assert gradients.shape == expected.shape == (len(images), 1280, 2)
+    assert np.ptp(gradients[:, :, 0], axis=0).max() > 1e-3, "each photo's own ReLU pattern should show"
+    np.testing.assert_allclose(gradients, expected, atol=1e-4 * np.abs(expected).max(), rtol=0)
+
+
 def test_a_stale_export_is_never_used(exported, tmp_path, tiny_model_dir):
     folder = tmp_path / "model"
     shutil.copytree(exported.parent, folder)
