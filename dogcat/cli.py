@@ -99,6 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     output = predict.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="JSON lines, one object per image")
     output.add_argument("--csv", action="store_true", help="CSV with a header row")
+    predict.add_argument("--explain", type=Path, metavar="OUT_DIR",
+                         help="write a heatmap of where the model looked over each photo here, one PNG per photo "
+                              "(named in the output's `explanation` column)")
     predict.set_defaults(handler=_predict)
 
     export = commands.add_parser("export", help="write the ONNX twin of a .keras model beside it (fast CPU inference)")
@@ -187,28 +190,41 @@ def _predict(args: argparse.Namespace) -> int:
     classifier = Classifier.from_path(args.model, runtime=args.runtime)
     _warn_about_verdicts(classifier)
     names = list(classifier.class_names.values())
-    results = classifier.predict(sources) + [Prediction(m, error="no such file") for m in missing]
+    results = classifier.predict(sources, explain=args.explain is not None) + [
+        Prediction(m, error="no such file") for m in missing]
+    # The `explanation` column/field appears only with --explain, so existing consumers see no change.
+    explained = None
+    if args.explain is not None:
+        from dogcat.explain import write_overlays
+
+        explained = [str(path) if path else "" for path in write_overlays(results, args.explain)]
     if args.json:
-        for result in results:
-            print(json.dumps({"path": result.source, "verdict": result.verdict, "label": result.label,
-                              "probabilities": result.probabilities, "size": result.size, "error": result.error}))
+        for index, result in enumerate(results):
+            row = {"path": result.source, "verdict": result.verdict, "label": result.label,
+                   "probabilities": result.probabilities, "size": result.size, "error": result.error}
+            if explained is not None:
+                row["explanation"] = explained[index] or None
+            print(json.dumps(row))
     elif args.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["path", "verdict", "label", *(f"p_{n}" for n in names), "width", "height", "error"])
-        for result in results:
+        extra = ["explanation"] if explained is not None else []
+        writer.writerow(["path", "verdict", "label", *(f"p_{n}" for n in names), "width", "height", "error", *extra])
+        for index, result in enumerate(results):
             probabilities = [f"{result.probabilities[n]:.6f}" for n in names] if result.probabilities else [""] * len(names)
             width, height = result.size or ("", "")
             writer.writerow([result.source, result.verdict or "", result.label or "", *probabilities, width, height,
-                             result.error or ""])
+                             result.error or "", *([explained[index]] if extra else [])])
     else:
         width = max(len(r.source) for r in results)
-        print(f"{'path':<{width}}  {'verdict':<9}  " + "  ".join(f"p({n})" for n in names))
-        for result in results:
+        print(f"{'path':<{width}}  {'verdict':<9}  " + "  ".join(f"p({n})" for n in names)
+              + ("  explanation" if explained is not None else ""))
+        for index, result in enumerate(results):
             if result.error:
                 print(f"{result.source:<{width}}  error: {result.error}")
             else:
                 print(f"{result.source:<{width}}  {result.verdict:<9}  "
-                      + "  ".join(f"{result.probabilities[n]:{len(n) + 3}.4f}" for n in names))
+                      + "  ".join(f"{result.probabilities[n]:{len(n) + 3}.4f}" for n in names)
+                      + (f"  {explained[index]}" if explained is not None else ""))
     failed = [r for r in results if r.error]
     for result in failed:
         print(f"dogcat: error: {result.source}: {result.error}", file=sys.stderr)

@@ -21,10 +21,18 @@ matplotlib), hence the small colour table below.
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 import numpy as np
 from PIL import Image
 
 from dogcat.preprocessing import ImageSource, load_image
+
+if TYPE_CHECKING:
+    from dogcat.inference import Prediction
 
 # The ONNX twin's outputs for Grad-CAM (dogcat.onnx_graph writes them; named here, where no Keras is needed).
 FEATURE_MAP = "feature_map"  # (N, H, W, K): the base's output, NHWC as in Keras
@@ -79,3 +87,28 @@ def overlay(source: ImageSource, heatmap: np.ndarray, max_side: int = OVERLAY_MA
     weight = OVERLAY_STRENGTH * heat
     mixed = np.asarray(photo, dtype=np.float32) * (1 - weight) + colour * weight
     return Image.fromarray(np.round(mixed).astype(np.uint8))
+
+
+def overlay_filename(source: str) -> str:
+    """A PNG name for `source`'s overlay: its stem, then a hash of the whole path, so that
+    cat.jpg from two folders gets two files, and the same photo the same file on every run."""
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(source).stem)[:60] or "photo"
+    return f"{stem}-{hashlib.sha256(source.encode()).hexdigest()[:10]}.png"
+
+
+def write_overlays(predictions: Sequence[Prediction], out_dir: str | Path) -> list[Path | None]:
+    """Write each explained prediction's overlay into `out_dir` (created), as `overlay_filename`.
+
+    Returns the path written for each prediction, None where it has no heatmap (an unreadable file).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path | None] = []
+    for prediction in predictions:
+        if prediction.heatmap is None:
+            written.append(None)
+            continue
+        path = out_dir / overlay_filename(prediction.source)
+        overlay(prediction.source, prediction.heatmap).save(path, format="PNG")
+        written.append(path)
+    return written

@@ -125,3 +125,29 @@ def test_console_entry_point_reports_bad_input_without_a_traceback(tmp_path, tin
     warning, error = result.stderr.splitlines()
     assert warning.startswith("dogcat: warning: no ")  # the tiny model has no detector beside it
     assert error == f"dogcat: error: {tmp_path / 'bad.jpg'}: not an image, or not a supported format (JPEG, PNG, WebP, BMP or GIF)"
+
+
+def test_predict_explain_writes_one_overlay_per_photo_named_in_the_output(photos, tmp_path, tiny_model_dir, capsys):
+    from PIL import Image
+
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.new("RGB", (90, 60), (10, 200, 10)).save(other / "cat.0.jpg")  # same name, another folder
+    out = tmp_path / "explained"
+    model = str(tiny_model_dir / "dog_cat_classifier.keras")
+    code = main(["predict", str(photos), str(other), "--model", model, "--csv", "--explain", str(out)])
+    rows = {row["path"]: row for row in csv.DictReader(io.StringIO(capsys.readouterr().out))}
+    assert code == 1  # the bad files still fail
+    written = {path: row["explanation"] for path, row in rows.items() if not row["error"]}
+    assert len(written) == 3
+    assert len(set(written.values())) == 3
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.rsplit("/", 1)[-1] for p in written.values())
+    for path, overlay_path in written.items():
+        with Image.open(overlay_path) as shown, Image.open(path) as photo:
+            assert shown.size == photo.size
+    assert all(row["explanation"] == "" for row in rows.values() if row["error"])
+
+    code = main(["predict", str(other / "cat.0.jpg"), "--model", model, "--json", "--explain", str(out)])
+    assert json.loads(capsys.readouterr().out)["explanation"] == written[str(other / "cat.0.jpg")]
+    main(["predict", str(other / "cat.0.jpg"), "--model", model, "--json"])
+    assert "explanation" not in json.loads(capsys.readouterr().out)
