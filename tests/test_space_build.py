@@ -84,7 +84,9 @@ def test_a_fresh_clone_of_a_space_is_built_into(tmp_path, tiny_model_dir):
     (out / ".gitattributes").write_text("*.bin filter=lfs diff=lfs merge=lfs -text\n")
     (out / "README.md").write_text(HUB_README, encoding="utf-8")
     build_space(out, tiny_model_dir)
-    assert "# dogcat: cat or dog?" in (out / "README.md").read_text(encoding="utf-8")  # the Hub's stub replaced
+    readme = (out / "README.md").read_text(encoding="utf-8")  # the Hub's stub, replaced by the build's card
+    assert 'title: "dogcat"' in readme
+    assert "configuration reference" not in readme
     assert (out / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"
     assert (out / ".gitattributes").read_text().startswith("*.bin filter=lfs")
 
