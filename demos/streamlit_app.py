@@ -13,6 +13,7 @@ import streamlit as st
 
 from dogcat.artifacts import load_model_card
 from dogcat.config import Config
+from dogcat.explain import overlay
 from dogcat.inference import Classifier, Prediction, default_model_path
 from dogcat.preprocessing import ImageError, load_image
 from dogcat.verdict import NEITHER, TOO_SMALL, UNSURE, VerdictRules
@@ -33,15 +34,17 @@ def load_classifier(model_path: str) -> Classifier:
     return Classifier.from_path(model_path)
 
 
-def sidebar(model_path: str) -> tuple[VerdictRules, bool]:
+def sidebar(model_path: str) -> tuple[VerdictRules, bool, bool]:
     with st.sidebar:
         threshold = st.slider(
             "Say \"not sure\" below this confidence", min_value=0.5, max_value=1.0,
             value=Config().predict.threshold, step=0.01, key="threshold",
         )
         use_camera = st.toggle("Use the camera", key="use_camera")
+        explain = st.toggle("Show where it looked", key="explain",
+                            help="A heatmap (Grad-CAM) over each photo: red where the model found what it answered.")
         about(model_path)
-    return VerdictRules(unsure_below=threshold, min_side=Config().predict.min_side), use_camera
+    return VerdictRules(unsure_below=threshold, min_side=Config().predict.min_side), use_camera, explain
 
 
 def about(model_path: str) -> None:
@@ -101,7 +104,12 @@ def show_prediction(upload: Upload, prediction: Prediction) -> None:
         preview = load_image(io.BytesIO(upload.data), draft_size=PREVIEW_SIZE, max_side=PREVIEW_SIZE)
     except ImageError:
         preview = None  # unreachable in practice: predict decoded the same bytes
-    picture, verdict = st.columns([1, 1])
+    if prediction.heatmap is None:
+        picture, verdict = st.columns([1, 1])
+    else:
+        picture, looked, verdict = st.columns([1, 1, 1])
+        looked.image(overlay(io.BytesIO(upload.data), prediction.heatmap, max_side=PREVIEW_SIZE),
+                     caption=f"Where it looked for a {prediction.label}", width="stretch")
     if preview is not None:
         picture.image(preview, caption=upload.name, width="stretch")
     verdict.subheader(prediction.text)
@@ -118,7 +126,7 @@ def main() -> None:
     st.set_page_config(page_title="dogcat", page_icon=":dog:")
     st.title("Cat, dog, or neither?")
     model_path = str(default_model_path())
-    rules, use_camera = sidebar(model_path)
+    rules, use_camera, explain = sidebar(model_path)
     uploads = collect_uploads(use_camera)
     if not uploads:
         st.info("Upload one or more JPEG or PNG photos to classify them.")
@@ -126,7 +134,9 @@ def main() -> None:
     classifier = load_classifier(model_path)
     if classifier.verdict_warning:
         st.warning(classifier.verdict_warning)
-    predictions = classifier.predict([u.data for u in uploads], names=[u.name for u in uploads], rules=rules)
+    explain = explain and classifier.can_explain  # a model that cannot simply shows no heatmaps
+    predictions = classifier.predict([u.data for u in uploads], names=[u.name for u in uploads], rules=rules,
+                                     explain=explain)
     for upload, prediction in zip(uploads, predictions, strict=True):
         show_prediction(upload, prediction)
 

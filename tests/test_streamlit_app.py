@@ -51,6 +51,21 @@ def test_each_photo_gets_a_label_and_both_probabilities(tiny_app):
     assert len(app.get("image")) == 2
 
 
+def test_show_where_it_looked_adds_an_overlay_per_photo(tiny_app):
+    files = [("a.jpg", _jpeg("cat", 1)), ("b.jpg", _jpeg("dog", 2)), ("bad.jpg", b"not a picture")]
+    app = _upload(tiny_app, files)
+    assert len(app.get("image")) == 2
+    app.toggle(key="explain").set_value(True).run()
+    assert not app.exception
+    images = app.get("image")
+    assert len(images) == 4  # each good photo, and its heatmap beside it
+    captions = [image.proto.imgs[0].caption for image in images]
+    assert sum(c.startswith("Where it looked for a ") for c in captions) == 2
+    assert len(app.error) == 1  # the bad upload still gets its one line
+    app.toggle(key="explain").set_value(False).run()
+    assert len(app.get("image")) == 2
+
+
 def test_threshold_decides_when_the_page_is_not_sure(tiny_app):
     # The untrained tiny model is never confident: every top probability is close to 0.5.
     app = _upload(tiny_app, [("a.jpg", _jpeg("cat", 1))])
