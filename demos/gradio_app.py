@@ -1,4 +1,5 @@
-"""dogcat's Gradio demo: one photo in; a verdict (cat, dog, neither, not sure, too small) and P(cat), P(dog) out.
+"""dogcat's Gradio demo: one photo in; a verdict (cat, dog, neither, not sure, too small), P(cat), P(dog)
+and, when asked, a heatmap of where the model looked, out.
 
 Run it with `dogcat demo`, `python demos/gradio_app.py`, or `gradio demos/gradio_app.py` (reload
 mode imports this module and serves `demo`). `dogcat space build OUT` copies this very file to
@@ -19,7 +20,9 @@ from typing import Any
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow start-up chatter; errors still show
 
 import gradio as gr
+from PIL import Image
 
+from dogcat.explain import overlay
 from dogcat.inference import Classifier
 from dogcat.preprocessing import MAX_FILE_BYTES
 
@@ -45,8 +48,13 @@ if CLASSIFIER.verdict_warning:  # e.g. no detector beside the model: cat/dog ver
     print(f"dogcat: warning: {CLASSIFIER.verdict_warning}", file=sys.stderr)
 
 
-def predict(image: dict[str, Any] | str | None) -> tuple[str, dict[str, float]]:
-    """Classify one uploaded photo: (the verdict in words, {"cat": p, "dog": p} summing to 1).
+def predict(image: dict[str, Any] | str | None, explain: bool = False) -> tuple[str, dict[str, float], Image.Image | None]:
+    """Classify one uploaded photo: (the verdict in words, {"cat": p, "dog": p} summing to 1, the
+    Grad-CAM overlay when `explain` and the model can give one, else None).
+
+    The overlay is opt-in (a checkbox, off by default): on a free 2-vCPU Space it costs more
+    than the prediction itself (benchmarks/explain.py), and API clients that only want the
+    verdict should not pay for a picture they discard.
 
     `image` is the upload as Gradio hands it over unprocessed (a file-data dict whose `path` is
     the uploaded copy in Gradio's cache) or a plain path. Anything that is not a readable image
@@ -58,10 +66,11 @@ def predict(image: dict[str, Any] | str | None) -> tuple[str, dict[str, float]]:
         path, name = image, "the upload"
     if not path:
         raise gr.Error("No image received: upload a photo of a cat or a dog.", print_exception=False)
-    result = CLASSIFIER.predict([path])[0]
+    result = CLASSIFIER.predict([path], explain=bool(explain) and CLASSIFIER.can_explain)[0]
     if result.error:
         raise gr.Error(f"Cannot read {name}: {result.error}.", print_exception=False)
-    return result.text, result.probabilities
+    looked = None if result.heatmap is None else overlay(path, result.heatmap)
+    return result.text, result.probabilities, looked
 
 
 with gr.Blocks(title="dogcat: cat or dog?", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
@@ -75,18 +84,21 @@ with gr.Blocks(title="dogcat: cat or dog?", analytics_enabled=False, delete_cach
     with gr.Row():
         # preprocess=False below: the uploaded file goes to dogcat's decoder untouched, so a
         # corrupt file is reported by dogcat in one line instead of failing inside Gradio.
-        image_input = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"])
+        with gr.Column():
+            image_input = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"])
+            explain_input = gr.Checkbox(label="Show where it looked (a heatmap over the photo)", value=False)
         with gr.Column():
             verdict_output = gr.Label(label="Verdict")
             label_output = gr.Label(num_top_classes=2, label="Probabilities (cat vs dog only)")
+            overlay_output = gr.Image(type="pil", label="Where it looked", format="png", interactive=False)
     with gr.Row():
-        gr.ClearButton([image_input, verdict_output, label_output])
+        gr.ClearButton([image_input, verdict_output, label_output, overlay_output])
         submit = gr.Button("Classify", variant="primary")
     gr.Examples(examples=[[str(path)] for path in EXAMPLES], inputs=[image_input], cache_examples=False)
     submit.click(
         predict,
-        inputs=image_input,
-        outputs=[verdict_output, label_output],
+        inputs=[image_input, explain_input],
+        outputs=[verdict_output, label_output, overlay_output],
         api_name="predict",
         preprocess=False,
         concurrency_limit=CONCURRENCY_LIMIT,

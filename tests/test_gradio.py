@@ -73,13 +73,25 @@ def _assert_one_clean_line(message: str, folder: Path) -> None:
 def test_predict_returns_a_verdict_and_a_probability_for_each_class(app, tmp_path):
     photo = tmp_path / "drawn.png"
     _drawn_photo("dog", 3, size=80).save(photo)
-    verdict, result = app.predict(_upload(photo))
+    verdict, result, looked = app.predict(_upload(photo))
     # The untrained tiny model is never sure, and it has no detector beside it.
     assert verdict.startswith("Not sure (maybe ")
     assert set(result) == {"cat", "dog"}
     assert all(0.0 <= p <= 1.0 for p in result.values())
     assert sum(result.values()) == pytest.approx(1.0, abs=1e-5)
-    assert app.predict(str(photo)) == (verdict, result)  # a plain path works too (reload mode, direct calls)
+    assert looked is None  # the heatmap is opt-in
+    assert app.predict(str(photo)) == (verdict, result, None)  # a plain path works too (reload mode, direct calls)
+
+
+def test_show_where_it_looked_adds_the_overlay_image(app, tmp_path):
+    photo = tmp_path / "wide.png"
+    _drawn_photo("cat", 4, size=80).resize((120, 80)).save(photo)
+    verdict, result, looked = app.predict(_upload(photo), True)
+    assert (verdict, result) == app.predict(_upload(photo))[:2]
+    assert looked.size == (120, 80)  # the photo's own size and shape
+    (fn,) = [fn for fn in app.demo.fns.values() if fn.api_name == "predict"]
+    assert [type(block).__name__ for block in fn.outputs] == ["Label", "Label", "Image"]
+    assert [type(block).__name__ for block in fn.inputs] == ["Image", "Checkbox"]
 
 
 @pytest.mark.parametrize(
@@ -299,10 +311,10 @@ def _probabilities(result: dict) -> dict[str, float]:
     return {item["label"]: item["confidence"] for item in result["confidences"]}
 
 
-def _classify(client, path: Path) -> tuple[str, str, dict[str, float]]:
-    """(the verdict in words, the top class, the probabilities) from the /predict endpoint."""
-    verdict, result = client.predict(gradio_client.handle_file(str(path)), api_name="/predict")
-    return verdict["label"], result["label"], _probabilities(result)
+def _classify(client, path: Path, explain: bool = False) -> tuple[str, str, dict[str, float], str | None]:
+    """(the verdict in words, the top class, the probabilities, the overlay's local file or None) from /predict."""
+    verdict, result, looked = client.predict(gradio_client.handle_file(str(path)), explain, api_name="/predict")
+    return verdict["label"], result["label"], _probabilities(result), looked
 
 
 @pytest.mark.slow
@@ -316,11 +328,17 @@ def test_space_imports_its_vendored_package(space):
 @pytest.mark.slow
 @needs_tensorflow
 def test_space_classifies_the_example_cat_and_refuses_a_corrupt_file(space, space_client, tmp_path):
-    verdict, label, probabilities = _classify(space_client, space / "examples" / "cat-chelsea.jpg")
+    from PIL import Image
+
+    cat = space / "examples" / "cat-chelsea.jpg"
+    verdict, label, probabilities, looked = _classify(space_client, cat, explain=True)
     assert (verdict, label) == ("Cat", "cat")
     assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
-    verdict, label, _ = _classify(space_client, space / "examples" / "rocket.jpg")
+    with Image.open(looked) as shown, Image.open(cat) as photo:
+        assert shown.size == photo.size  # the ONNX-only Space draws the heatmap too
+    verdict, label, _, looked = _classify(space_client, space / "examples" / "rocket.jpg")
     assert verdict == "Neither a cat nor a dog"
+    assert looked is None
 
     corrupt = tmp_path / "corrupt.jpg"
     corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
@@ -338,7 +356,7 @@ def test_space_classifies_real_photos_one_by_one_and_twenty_at_once(space_client
     photos = {"cat": shared_data / REAL_CAT, "dog": shared_data / REAL_DOG}
     answers = {}
     for truth, path in photos.items():
-        verdict, label, probabilities = _classify(space_client, path)
+        verdict, label, probabilities, _ = _classify(space_client, path)
         assert verdict == truth.capitalize()
         assert label == truth
         assert set(probabilities) == {"cat", "dog"}
@@ -379,7 +397,7 @@ def test_cli_demo_serves_the_app(tiny_model_dir, tmp_path):
                  cwd=tmp_path, env=_space_env(port, keep_backend=True)):
         photo = tmp_path / "drawn.png"
         _drawn_photo("cat", 5, size=64).save(photo)
-        _, label, probabilities = _classify(gradio_client.Client(url, verbose=False), photo)
+        _, label, probabilities, _ = _classify(gradio_client.Client(url, verbose=False), photo)
         assert set(probabilities) == {"cat", "dog"}
         assert label == max(probabilities, key=probabilities.get)
         assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
