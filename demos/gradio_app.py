@@ -52,9 +52,9 @@ def predict(image: dict[str, Any] | str | None, explain: bool = False) -> tuple[
     """Classify one uploaded photo: (the verdict in words, {"cat": p, "dog": p} summing to 1, the
     Grad-CAM overlay when `explain` and the model can give one, else None).
 
-    The overlay is opt-in (a checkbox, off by default): on a free 2-vCPU Space it costs more
-    than the prediction itself (benchmarks/explain.py), and API clients that only want the
-    verdict should not pay for a picture they discard.
+    The overlay is opt-in (a checkbox, off by default): drawing it adds about a third to each
+    prediction's time, before Gradio encodes and sends the PNG (benchmarks/explain.py), and API
+    clients that only want the verdict should not pay for a picture they discard.
 
     `image` is the upload as Gradio hands it over unprocessed (a file-data dict whose `path` is
     the uploaded copy in Gradio's cache) or a plain path. Anything that is not a readable image
