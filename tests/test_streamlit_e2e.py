@@ -67,6 +67,13 @@ def test_browser_upload_gives_labels_and_a_readable_error(app_url, shared_data, 
             page.wait_for_function(
                 "() => document.querySelectorAll('[data-testid=\"stHeading\"] h3').length >= 2", timeout=30_000
             )
+            photos = page.locator('[data-testid="stImage"]').count()
+            page.get_by_text("Show where it looked").click()  # the sidebar toggle: a heatmap beside each photo
+            looked = page.get_by_text("Where it looked for a ")
+            page.wait_for_function(
+                f"() => document.querySelectorAll('[data-testid=\"stImage\"]').length >= {2 * photos}", timeout=60_000
+            )
+            assert looked.count() == photos
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot), full_page=True)
         finally:
