@@ -35,6 +35,65 @@ def tiny_model_dir(tmp_path_factory, tiny_model_config) -> Path:
     return folder
 
 
+def vary_weights(model, seed: int = 0):
+    """Give an untrained tiny classifier O(1) activations that depend on its input; returns it.
+
+    With weights=none MobileNetV2's Glorot kernels shrink activations ~1e9-fold over the blocks,
+    so every photo gets exactly [0.5, 0.5] and no comparison of two outputs can fail. He-scaled
+    kernels keep the scale; random BatchNorm statistics make the BatchNorm layers matter too.
+    """
+    import keras
+    import numpy as np
+
+    from dogcat.model import BASE_NAME
+
+    rng = np.random.default_rng(seed)
+    for layer in model.get_layer(BASE_NAME).layers:
+        if isinstance(layer, keras.layers.DepthwiseConv2D):  # before Conv2D: check the subclass first
+            fan_in = int(np.prod(layer.kernel.shape[:2]))
+        elif isinstance(layer, keras.layers.Conv2D):
+            fan_in = int(np.prod(layer.kernel.shape[:3]))
+        elif isinstance(layer, keras.layers.BatchNormalization):
+            channels = layer.moving_mean.shape[0]
+            layer.moving_mean.assign(rng.normal(0, 0.1, channels).astype("float32"))
+            layer.moving_variance.assign(rng.uniform(0.5, 2.0, channels).astype("float32"))
+            layer.gamma.assign(rng.uniform(0.5, 1.5, channels).astype("float32"))
+            layer.beta.assign(rng.normal(0, 0.1, channels).astype("float32"))
+            continue
+        else:
+            continue
+        layer.kernel.assign(rng.normal(0, np.sqrt(2.0 / fan_in), layer.kernel.shape).astype("float32"))
+    return model
+
+
+@pytest.fixture(scope="session")
+def varied_model_dir(tmp_path_factory, tiny_model_config) -> Path:
+    """Like tiny_model_dir, but different photos get clearly different probabilities (vary_weights)."""
+    import keras
+
+    from dogcat.artifacts import CLASS_NAMES, MODEL_FILENAME, save_class_names
+    from dogcat.model import build_model
+
+    keras.utils.set_random_seed(0)
+    folder = tmp_path_factory.mktemp("varied_model")
+    vary_weights(build_model(tiny_model_config, TINY_SIZE)).save(folder / MODEL_FILENAME)
+    save_class_names(folder / "class_names.pkl", CLASS_NAMES)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def varied_base_weights(tmp_path_factory, tiny_model_config) -> Path:
+    """A varied tiny MobileNetV2 base as a weights file, for `model.weights=<file>` in training tests."""
+    import keras
+
+    from dogcat.model import BASE_NAME, build_model
+
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("varied_base") / "mobilenet_v2_varied.weights.h5"
+    vary_weights(build_model(tiny_model_config, TINY_SIZE)).get_layer(BASE_NAME).save_weights(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The Kaggle sample from $DOGCAT_SHARED_DATA (or ../shared beside the checkout); skips when absent."""

@@ -4,8 +4,15 @@ import pytest
 
 from dogcat.artifacts import ArtifactError
 from dogcat.config import ModelConfig
-from dogcat.model import BASE_NAME, build_model, image_size_of, load_model, set_fine_tuning
-from tests.conftest import TINY_SIZE
+from dogcat.model import (
+    BASE_NAME,
+    build_model,
+    image_size_of,
+    inference_model,
+    load_model,
+    set_fine_tuning,
+)
+from tests.conftest import TINY_SIZE, vary_weights
 
 
 def _trainable_base_layers(model):
@@ -49,18 +56,29 @@ def test_model_maps_unit_range_to_mobilenet_range(tiny_model_config):
 
 
 def test_augmentation_is_off_at_inference(tiny_model_config):
-    model = build_model(tiny_model_config, TINY_SIZE, seed=0)
-    images = np.random.default_rng(1).random((2, TINY_SIZE, TINY_SIZE, 3), dtype=np.float32)
+    config = ModelConfig(weights="none", dense_units=8, dropout=0.0, flip="horizontal_and_vertical", rotation=0.25)
+    model = vary_weights(build_model(config, TINY_SIZE, seed=0))
+    images = np.random.default_rng(1).random((4, TINY_SIZE, TINY_SIZE, 3), dtype=np.float32)
+    augmented = keras.ops.convert_to_numpy(model(images, training=True))  # dropout is 0: only augmentation differs
     first = keras.ops.convert_to_numpy(model(images, training=False))
+    # Augmentation changes this model's output, so an augmentation layer left on at inference would show.
+    assert np.abs(augmented - first).max() > 1e-2
     np.testing.assert_array_equal(first, keras.ops.convert_to_numpy(model(images, training=False)))
+    np.testing.assert_allclose(model.predict_on_batch(images), first, rtol=1e-5, atol=1e-6)
+    without_augmentation = keras.ops.convert_to_numpy(inference_model(model)(images, training=False))
+    np.testing.assert_allclose(first, without_augmentation, rtol=1e-5, atol=1e-6)
 
 
 def test_save_and_load_give_identical_predictions(tmp_path, tiny_model_config):
-    model = build_model(tiny_model_config, TINY_SIZE, seed=0)
+    model = vary_weights(build_model(tiny_model_config, TINY_SIZE, seed=0))
     images = np.random.default_rng(2).random((4, TINY_SIZE, TINY_SIZE, 3), dtype=np.float32)
+    expected = model.predict_on_batch(images)
+    assert expected[:, 0].std() > 1e-2, "predictions should vary across images, or the comparison proves nothing"
     model.save(tmp_path / "m.keras")
     loaded = load_model(tmp_path / "m.keras")
-    np.testing.assert_array_equal(model.predict_on_batch(images), loaded.predict_on_batch(images))
+    np.testing.assert_array_equal(expected, loaded.predict_on_batch(images))
+    for saved, reloaded in zip(model.get_weights(), loaded.get_weights(), strict=True):
+        np.testing.assert_array_equal(saved, reloaded)
 
 
 def test_unsafe_model_file_is_refused(tmp_path):
