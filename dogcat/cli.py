@@ -8,6 +8,8 @@ import glob
 import json
 import os
 import sys
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 # TensorFlow's C++ start-up chatter is noise for CLI users; errors still show. Set before any import of keras.
@@ -17,7 +19,20 @@ EXIT_USAGE = 2
 EXIT_FILE_ERRORS = 1
 
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what `cat` or `grep` give when the reader (`head`) leaves early
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Libraries' deprecation notices name files users never wrote; -W or PYTHONWARNINGS bring them back.
+    # Scoped to this call, so a program (or test) that calls main() keeps its own filters afterwards.
+    with warnings.catch_warnings():
+        if not sys.warnoptions:
+            warnings.simplefilter("ignore")
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     from dogcat.artifacts import ArtifactError
@@ -26,31 +41,40 @@ def main(argv: list[str] | None = None) -> int:
     from dogcat.preprocessing import ImageError
 
     try:
-        if args.handler is not _prepare:
+        if args.handler in (_train, _export, _detector_fit):  # these always run Keras; the others only maybe
             _import_keras_quietly()
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below
+        return code
     except (ArtifactError, ConfigError, DataError, ImageError) as error:
         print(f"dogcat: error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # `dogcat predict DIR | head -1`: the reader has all it wanted. Point stdout at devnull so
+        # the interpreter's final flush cannot raise again (the recipe in Python's signal docs).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
         print("dogcat: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
-def _import_keras_quietly() -> None:
-    """Import Keras (and so its backend) with C-level stderr parked in a temporary file.
+@contextmanager
+def _stderr_parked():
+    """Run the block with C-level stderr parked in a temporary file; replay it only if the block fails.
 
     TensorFlow 2.21 prints absl and oneDNN start-up notices from C++ while importing, ignoring
-    TF_CPP_MIN_LOG_LEVEL, which would bury dogcat's one-line messages. They are shown only if
-    the import fails, since then they may explain why.
+    TF_CPP_MIN_LOG_LEVEL, which would bury dogcat's one-line messages. On failure they may
+    explain why, so then they are shown.
     """
     import tempfile
 
+    sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as sink:
         os.dup2(sink.fileno(), 2)
         try:
-            import keras  # noqa: F401
+            yield
         except BaseException:
             os.dup2(saved, 2)
             sink.seek(0)
@@ -61,8 +85,24 @@ def _import_keras_quietly() -> None:
             os.close(saved)
 
 
+def _import_keras_quietly() -> None:
+    with _stderr_parked():
+        import keras  # noqa: F401
+
+
+def _load_classifier(model: Path | None, runtime: str | None = None):
+    """Classifier.from_path with stderr parked: it imports Keras (and its chatter) only when ONNX cannot serve."""
+    from dogcat.inference import Classifier
+
+    with _stderr_parked():
+        return Classifier.from_path(model, runtime=runtime)
+
+
 def _parser() -> argparse.ArgumentParser:
+    from dogcat import __version__
+
     parser = argparse.ArgumentParser(prog="dogcat", description="Dog-vs-cat image classifier (MobileNetV2, Keras 3).")
+    parser.add_argument("--version", action="version", version=f"dogcat {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     data = commands.add_parser("data", help="dataset commands").add_subparsers(required=True, metavar="COMMAND")
@@ -137,7 +177,18 @@ def _parser() -> argparse.ArgumentParser:
 def _add_server_arguments(parser: argparse.ArgumentParser, port: int) -> None:
     parser.add_argument("--model", type=Path, help="a .keras file (default: the shipped model)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=port, help=f"port (default: {port})")
+    parser.add_argument("--port", type=_port, default=port, help=f"port (default: {port})")
+
+
+def _port(text: str) -> int:
+    """A TCP port, checked here so a bad one is a usage line, not a server's traceback."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a whole number from 1 to 65535. Received: port={text!r}")
+    return port
 
 
 def _prepare(args: argparse.Namespace) -> int:
@@ -172,22 +223,32 @@ def _train(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from dogcat.evaluate import evaluate, format_metrics
-    from dogcat.inference import Classifier
 
-    classifier = Classifier.from_path(args.model, runtime=args.runtime)
+    classifier = _load_classifier(args.model, args.runtime)
     _warn_about_verdicts(classifier)
     metrics = evaluate(classifier, args.data, args.split, args.out, neither_dir=args.neither)
     print(format_metrics(metrics))
     for skipped in metrics["skipped"]:
-        print(f"dogcat: skipped {skipped['path']}: {skipped['reason']}", file=sys.stderr)
+        print(f"dogcat: skipped {_shown(str(skipped['path']))}: {skipped['reason']}", file=sys.stderr)
     return 0
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from dogcat.inference import Classifier, Prediction
+    from dogcat.data import DataError
+    from dogcat.inference import Prediction
 
-    sources, missing = expand_paths(args.paths)
-    classifier = Classifier.from_path(args.model, runtime=args.runtime)
+    skipped: list[Path] = []
+    sources, missing = expand_paths(args.paths, skipped)
+    if skipped:
+        from collections import Counter
+
+        counts = Counter(path.suffix.lower() or "(no extension)" for path in skipped)
+        listed = ", ".join(f"{_shown(suffix)} ({count})" for suffix, count in sorted(counts.items()))
+        print(f"dogcat: skipped {len(skipped)} file(s) in the folders given, not JPEG, PNG, WebP, BMP or GIF by "
+              f"their extension: {listed}", file=sys.stderr)
+    if not sources and not missing:
+        raise DataError(f"No images found (JPEG, PNG, WebP, BMP or GIF). Received: paths={args.paths}")
+    classifier = _load_classifier(args.model, args.runtime)
     _warn_about_verdicts(classifier)
     names = list(classifier.class_names.values())
     results = classifier.predict(sources, explain=args.explain is not None) + [
@@ -215,20 +276,26 @@ def _predict(args: argparse.Namespace) -> int:
             writer.writerow([result.source, result.verdict or "", result.label or "", *probabilities, width, height,
                              result.error or "", *([explained[index]] if extra else [])])
     else:
-        width = max(len(r.source) for r in results)
+        width = max(len(_shown(r.source)) for r in results)
         print(f"{'path':<{width}}  {'verdict':<9}  " + "  ".join(f"p({n})" for n in names)
               + ("  explanation" if explained is not None else ""))
         for index, result in enumerate(results):
             if result.error:
-                print(f"{result.source:<{width}}  error: {result.error}")
+                print(f"{_shown(result.source):<{width}}  error: {result.error}")
             else:
-                print(f"{result.source:<{width}}  {result.verdict:<9}  "
+                print(f"{_shown(result.source):<{width}}  {result.verdict:<9}  "
                       + "  ".join(f"{result.probabilities[n]:{len(n) + 3}.4f}" for n in names)
                       + (f"  {explained[index]}" if explained is not None else ""))
     failed = [r for r in results if r.error]
     for result in failed:
-        print(f"dogcat: error: {result.source}: {result.error}", file=sys.stderr)
+        print(f"dogcat: error: {_shown(result.source)}: {result.error}", file=sys.stderr)
     return EXIT_FILE_ERRORS if failed else 0
+
+
+def _shown(name: str) -> str:
+    """`name` for a terminal: control characters (a newline, an escape sequence) and undecodable bytes
+    written as Python escapes, so one file is one line and cannot restyle the terminal; other text as is."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
 def _warn_about_verdicts(classifier) -> None:
@@ -259,14 +326,13 @@ def _export(args: argparse.Namespace) -> int:
 
 def _app(args: argparse.Namespace) -> int:
     from dogcat.artifacts import ArtifactError, bundled_file
-    from dogcat.inference import Classifier
 
     script = bundled_file("demos", "streamlit_app.py")
     if script is None:
         raise ArtifactError("The Streamlit app (demos/streamlit_app.py) is missing from this installation.")
     env = dict(os.environ)
     if args.model is not None:
-        Classifier.from_path(args.model)  # fail here, in one line, rather than inside the page
+        _load_classifier(args.model)  # fail here, in one line, rather than inside the page
         env["DOGCAT_MODEL"] = str(args.model.resolve())
     # Replace this process, so Ctrl-C and a supervisor's SIGTERM reach Streamlit directly.
     os.execve(sys.executable, _app_command(script, args.host, args.port), env)
@@ -325,17 +391,19 @@ def _demo(args: argparse.Namespace) -> int:
         os.environ["DOGCAT_MODEL"] = str(args.model.resolve())  # the app loads $DOGCAT_MODEL at import
     spec = importlib.util.spec_from_file_location("dogcat_gradio_app", app)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)  # builds the app and loads the model, once
+    with _stderr_parked():  # Keras's start-up chatter, if the model needs it
+        spec.loader.exec_module(module)  # builds the app and loads the model, once
     module.launch(server_name=args.host, server_port=args.port)
     return 0
 
 
-def expand_paths(patterns: list[str]) -> tuple[list[str], list[str]]:
+def expand_paths(patterns: list[str], skipped: list[Path] | None = None) -> tuple[list[str], list[str]]:
     """Files as given, folders searched recursively for images, globs expanded; returns (found, missing).
 
     `found` holds every path the decoder must answer for, readable or not: a fifo, a broken link,
     a file without read permission, a folder named like an image, and a folder that cannot be
     listed each get their own one-line reason from it, instead of a traceback or silence.
+    `skipped`, if given, receives the files inside folders left out for their extension (.heic, .pdf).
     """
     from dogcat.data import IMAGE_SUFFIXES, list_image_files
 
@@ -349,9 +417,10 @@ def expand_paths(patterns: list[str]) -> tuple[list[str], list[str]]:
             found.append(pattern)
             continue
         if is_dir:
-            files, unreadable = list_image_files(path)
-            # A folder with nothing to read (say `x.jpg/`) is answered for too: the decoder says it is a folder.
-            found.extend([str(p) for p in sorted(files + unreadable)] or [pattern])
+            files, unreadable = list_image_files(path, skipped)
+            found.extend(str(p) for p in sorted(files + unreadable))
+            if not files and not unreadable and path.suffix.lower() in IMAGE_SUFFIXES:
+                found.append(pattern)  # `x.jpg/` was surely meant as a photo: the decoder says it is a folder
         elif exists:
             found.append(pattern)
         elif glob.has_magic(pattern):

@@ -108,17 +108,22 @@ def find_candidates(src: str | Path) -> list[Candidate]:
     return candidates
 
 
-def list_image_files(folder: Path) -> tuple[list[Path], list[Path]]:
+def list_image_files(folder: Path, others: list[Path] | None = None) -> tuple[list[Path], list[Path]]:
     """(files with an image suffix under `folder`, sorted; folders that could not be listed).
 
     Every non-folder entry with an image suffix is listed, readable or not (a fifo, a broken link,
     a file without read permission), so the decoder can say, per file, why it cannot be read.
-    Symbolic links to folders are not followed.
+    Symbolic links to folders are not followed. `others`, if given, receives the remaining
+    entries (not hidden ones), so a caller can say what it left out rather than stay silent.
     """
     files: list[Path] = []
     unreadable: list[Path] = []
     for root, _, names in os.walk(folder, onerror=lambda error: unreadable.append(Path(error.filename))):
-        files.extend(Path(root) / name for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES)
+        for name in names:
+            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
+                files.append(Path(root) / name)
+            elif others is not None and not name.startswith("."):  # .DS_Store and friends are no news
+                others.append(Path(root) / name)
     return sorted(files), sorted(unreadable)
 
 

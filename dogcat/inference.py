@@ -211,10 +211,12 @@ class Classifier:
         model_path = Path(model_path) if model_path is not None else default_model_path()
         if model_path.is_dir():
             model_path = model_path / MODEL_FILENAME
+        if not model_path.is_file():  # first: a mistyped --model must be named, not the class names beside it
+            raise ArtifactError(f"Model file not found. Received: model_path={str(model_path)!r}")
         class_names_path = Path(class_names_path) if class_names_path else model_path.with_name(CLASS_NAMES_FILENAME)
         class_names = load_class_names(class_names_path)  # before the model: cheap, and refuses bad files early
         runner = None
-        if runtime != "keras" and model_path.is_file():
+        if runtime != "keras":
             onnx = onnx_runner_for(model_path)
             if isinstance(onnx, OnnxRunner):
                 runner = onnx

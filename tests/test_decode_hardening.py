@@ -312,8 +312,8 @@ def test_predict_answers_every_unreadable_path_and_predicts_the_rest(tmp_path, k
     vanished.write_bytes(b"listed, then deleted")
     real_expand = expand_paths
 
-    def expand_then_delete(patterns):  # the file goes between listing and reading
-        found = real_expand(patterns)
+    def expand_then_delete(patterns, *rest):  # the file goes between listing and reading
+        found = real_expand(patterns, *rest)
         vanished.unlink()
         return found
 
