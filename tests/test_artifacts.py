@@ -31,10 +31,34 @@ class _RunsCode:
         return (os.mkdir, (self.marker,))
 
 
+class _Calls:
+    """Pickles as a call of any global, e.g. builtins.eval: the payload an allow-list must stop."""
+
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __reduce__(self):
+        return (self.function, self.args)
+
+
 def test_malicious_class_names_pickle_is_refused_without_running_it(tmp_path):
     marker = tmp_path / "pwned"
     (tmp_path / "class_names.pkl").write_bytes(pickle.dumps({0: _RunsCode(str(marker)), 1: "dog"}))
     with pytest.raises(ArtifactError, match=r"refusing to load (posix|os)\.mkdir"):
+        load_class_names(tmp_path / "class_names.pkl")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("name", ["eval", "exec", "getattr", "__import__"])
+def test_builtins_in_a_class_names_pickle_are_refused_without_running_them(tmp_path, name):
+    marker = tmp_path / "pwned"
+    write_marker = f"open({str(marker)!r}, 'w').close()"
+    function, args = {
+        "eval": (eval, (write_marker,)), "exec": (exec, (write_marker,)),
+        "getattr": (getattr, ("cat", "upper")), "__import__": (__import__, ("os",)),
+    }[name]
+    (tmp_path / "class_names.pkl").write_bytes(pickle.dumps({0: _Calls(function, *args), 1: "dog"}))
+    with pytest.raises(ArtifactError, match=rf"refusing to load builtins\.{name}:"):
         load_class_names(tmp_path / "class_names.pkl")
     assert not marker.exists()
 

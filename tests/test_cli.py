@@ -66,21 +66,27 @@ def test_predict_table_exits_zero_when_every_file_is_read(photos, tiny_model_dir
     assert row.split()[1] in VERDICTS
 
 
-def test_a_malicious_class_names_file_stops_predict_with_one_line(tmp_path, tiny_model_dir, photos, capsys):
+@pytest.mark.parametrize("runner", ["system", "exec"])
+def test_a_malicious_class_names_file_stops_predict_with_one_line(tmp_path, tiny_model_dir, photos, capsys, runner):
     import os
     import pickle
+    import shlex
 
     model_dir = tmp_path / "model"
     model_dir.mkdir()
     (model_dir / "dog_cat_classifier.keras").write_bytes((tiny_model_dir / "dog_cat_classifier.keras").read_bytes())
+    marker = tmp_path / "pwned"  # in tmp_path, so a regression writes nothing into the checkout
+    payload = {"system": (os.system, (f"touch {shlex.quote(str(marker))}",)),
+               "exec": (exec, (f"open({str(marker)!r}, 'w').close()",))}[runner]
 
     class Evil:
         def __reduce__(self):
-            return (os.system, ("touch pwned",))
+            return payload
 
     (model_dir / "class_names.pkl").write_bytes(pickle.dumps(Evil()))
     code = main(["predict", str(photos / "cat.0.jpg"), "--model", str(model_dir / "dog_cat_classifier.keras")])
     err = capsys.readouterr().err
+    assert not marker.exists()
     assert code == 2
     assert err.startswith("dogcat: error: refusing to load")
     assert err.count("\n") == 1
