@@ -5,7 +5,7 @@ import pytest
 from dogcat.calibration import fit_temperature, fold_temperature, log_loss_at, logits_of
 from dogcat.dataset import ImageBatches
 from dogcat.model import build_model
-from tests.conftest import TINY_SIZE
+from tests.conftest import TINY_SIZE, vary_weights
 
 
 def _sample(temperature: float, count: int = 20_000, seed: int = 0):
@@ -47,14 +47,16 @@ def test_fit_temperature_refuses_mismatched_inputs():
 
 
 def test_folding_divides_the_logits_and_keeps_every_label(tiny_model_config):
-    model = build_model(tiny_model_config, TINY_SIZE, seed=0)
+    model = vary_weights(build_model(tiny_model_config, TINY_SIZE, seed=0))
     rng = np.random.default_rng(0)
     kernel, _ = model.get_layer("probabilities").get_weights()
-    # A confident head with a bias, so the logits differ between images and the temperature shows.
-    model.get_layer("probabilities").set_weights([rng.normal(0, 20, kernel.shape), np.array([3.0, -2.0])])
+    # A confident head with a bias; the varied base makes the last layer's input, and so its
+    # kernel's share of the logits, differ between images (a bias-only fold would show).
+    model.get_layer("probabilities").set_weights([rng.normal(0, 5, kernel.shape), np.array([0.5, -0.5])])
     images = rng.integers(0, 256, (16, TINY_SIZE, TINY_SIZE, 3), dtype=np.uint8)
     batches = ImageBatches(images, rng.integers(0, 2, 16), batch_size=5)
     logits, _ = logits_of(model, batches)
+    assert (logits[:, 0] - logits[:, 1]).std() > 1.0, "the kernel's part of the logits should vary across images"
     before = model.predict_on_batch(batches[0][0])
     np.testing.assert_allclose(before, keras.ops.softmax(logits[:5]), rtol=1e-4, atol=1e-6)
 

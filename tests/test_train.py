@@ -1,11 +1,12 @@
 import csv
 import json
 
+import keras
 import numpy as np
 import pytest
 
 from dogcat.artifacts import CLASS_NAMES, load_class_names
-from dogcat.calibration import fold_temperature
+from dogcat.calibration import logits_of
 from dogcat.config import ConfigError, load_config
 from dogcat.data import read_split
 from dogcat.dataset import ImageBatches, decode_all
@@ -62,20 +63,30 @@ def test_saved_model_predicts_exactly_like_the_best_weights(tmp_path, tiny_datas
 
 
 @pytest.mark.parametrize("views", [0, 2])
-def test_saved_model_is_the_best_weights_with_the_val_fitted_temperature(tmp_path, tiny_dataset, views):
-    config = _config(tiny_dataset, f"train.views={views}")
+def test_saved_model_is_the_best_weights_with_the_recorded_temperature(tmp_path, tiny_dataset, varied_base_weights,
+                                                                      monkeypatch, views):
+    # A varied base (not weights=none, whose features are ~1e-9), so the last layer's kernel
+    # carries the logits; and a set temperature, since 2 val photos rarely ask for T > 1 and a fold
+    # of T = 1 is a no-op. That the fitted T lowers the loss: tests/test_calibration.py.
+    monkeypatch.setattr("dogcat.train.fit_temperature", lambda logits, labels: 2.5)
+    config = _config(tiny_dataset, f"train.views={views}", f'model.weights="{varied_base_weights}"')
     run = train(config, tmp_path / "run", log=lambda _: None, progress=False)
     calibration = json.loads((run / "metrics.json").read_text())["calibration"]
+    assert calibration["temperature"] == 2.5
     reference = build_model(config.model, TINY_SIZE)
     reference.load_weights(run / "best.weights.h5")
-    fold_temperature(reference, calibration["temperature"])
     val = read_split(tiny_dataset, "val")
     images = preprocess(val.paths, TINY_SIZE)
+    logits, _ = logits_of(reference, [(images, val.labels)])  # the expected answer, without fold_temperature
+    kernel_part = logits - keras.ops.convert_to_numpy(reference.get_layer("probabilities").bias)
+    assert np.abs(kernel_part[:, 0] - kernel_part[:, 1]).min() > 1e-2, "the kernel should matter, or a bias-only fold passes"
     served = Classifier.from_path(run / "dog_cat_classifier.keras", runtime="keras").predict_batch(images)
-    np.testing.assert_allclose(served, reference.predict_on_batch(images), rtol=1e-5, atol=1e-7)
-    served_loss = -np.mean(np.log(served[np.arange(len(val.labels)), val.labels]))
-    assert served_loss == pytest.approx(calibration["val_loss_after"], abs=1e-5)
-    assert calibration["val_loss_after"] <= calibration["val_loss_before"]
+    expected = keras.ops.convert_to_numpy(keras.ops.softmax(logits / 2.5))
+    np.testing.assert_allclose(served, expected, rtol=1e-5, atol=1e-6)
+    rows = np.arange(len(val.labels))
+    assert -np.mean(np.log(served[rows, val.labels])) == pytest.approx(calibration["val_loss_after"], abs=1e-5)
+    before = keras.ops.convert_to_numpy(keras.ops.softmax(logits))
+    assert -np.mean(np.log(before[rows, val.labels])) == pytest.approx(calibration["val_loss_before"], abs=1e-5)
 
 
 @pytest.mark.parametrize("views", [0, 2])
