@@ -7,6 +7,7 @@ the model call all live in the dogcat package.
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import streamlit as st
@@ -20,6 +21,8 @@ from dogcat.verdict import NEITHER, TOO_SMALL, UNSURE, VerdictRules
 
 UPLOAD_TYPES = ["jpg", "jpeg", "png"]
 PREVIEW_SIZE = 512  # photos are shown at most this wide; large JPEGs are decoded at reduced scale
+# Below 1: at 1.00 every photo would be "not sure", even one the bars call 100%.
+MAX_THRESHOLD = 0.99
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,7 @@ def load_classifier(model_path: str) -> Classifier:
 def sidebar(model_path: str) -> tuple[VerdictRules, bool, bool]:
     with st.sidebar:
         threshold = st.slider(
-            "Say \"not sure\" below this confidence", min_value=0.5, max_value=1.0,
+            "Say \"not sure\" below this confidence", min_value=0.5, max_value=MAX_THRESHOLD,
             value=Config().predict.threshold, step=0.01, key="threshold",
         )
         use_camera = st.toggle("Use the camera", key="use_camera")
@@ -88,8 +91,8 @@ def collect_uploads(use_camera: bool) -> list[Upload]:
     uploads = [Upload(f.name, f.getvalue()) for f in files or []]
     if use_camera:
         shot = st.camera_input("Take a photo", key="camera")
-        if shot is not None:
-            uploads.append(Upload("camera photo", shot.getvalue()))
+        if shot is not None:  # first, so its result sits right below the camera, not under every upload
+            uploads.insert(0, Upload("camera photo", shot.getvalue()))
     return uploads
 
 
@@ -119,7 +122,13 @@ def show_prediction(upload: Upload, prediction: Prediction) -> None:
         verdict.caption("The model cannot tell from this photo.")
     # Secondary: the classifier's two probabilities, which it gives for any photo.
     for label, probability in prediction.probabilities.items():
-        verdict.progress(probability, text=f"{label}: {probability:.1%}")
+        verdict.progress(probability, text=f"{label}: {percent(probability)}")
+
+
+def percent(probability: float) -> str:
+    """Rounded down to 0.1%, so the bars never read at or over the slider's threshold (a multiple of
+    0.01) while the heading says "not sure", nor 100.0% for a model that is never quite certain."""
+    return f"{math.floor(probability * 1000 + 1e-9) / 10:.1f}%"
 
 
 def main() -> None:
@@ -131,12 +140,15 @@ def main() -> None:
     if not uploads:
         st.info("Upload one or more JPEG or PNG photos to classify them.")
         return
-    classifier = load_classifier(model_path)
+    # The spinner takes the upload prompt's place at once, so the prompt does not linger, faded,
+    # beside the listed files while the photos are classified.
+    with st.spinner(f"Classifying {len(uploads)} photo{'s' if len(uploads) > 1 else ''}..."):
+        classifier = load_classifier(model_path)
+        explain = explain and classifier.can_explain  # a model that cannot simply shows no heatmaps
+        predictions = classifier.predict([u.data for u in uploads], names=[u.name for u in uploads], rules=rules,
+                                         explain=explain)
     if classifier.verdict_warning:
         st.warning(classifier.verdict_warning)
-    explain = explain and classifier.can_explain  # a model that cannot simply shows no heatmaps
-    predictions = classifier.predict([u.data for u in uploads], names=[u.name for u in uploads], rules=rules,
-                                     explain=explain)
     for upload, prediction in zip(uploads, predictions, strict=True):
         show_prediction(upload, prediction)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 
 import pytest
 
@@ -119,3 +120,36 @@ def test_shipped_model_says_neither_for_a_photo_of_neither(monkeypatch):
     assert not app.exception
     assert [s.value for s in app.subheader] == ["Neither a cat nor a dog"]
     assert not app.warning  # the shipped detector matches the shipped model
+
+
+def test_the_heading_never_contradicts_the_bars(monkeypatch):
+    """At the slider's top a confident photo still reads "Cat", and no bar rounds up to 100% or to the threshold."""
+    import importlib.util
+
+    monkeypatch.delenv("DOGCAT_MODEL", raising=False)
+    app = AppTest.from_file(APP, default_timeout=120).run()
+    slider = app.slider(key="threshold")
+    assert slider.max < 1
+    slider.set_value(slider.max).run()
+    app = _upload(app, [("cat.jpg", (REPO / "demos" / "examples" / "cat-chelsea.jpg").read_bytes())])
+    assert [s.value for s in app.subheader] == ["Cat"]
+    texts = [bar.proto.text for bar in app.get("progress")]
+    assert texts[0].startswith("cat: 99.") and not texts[0].endswith("100.0%")
+
+    spec = importlib.util.spec_from_file_location("streamlit_page", APP)
+    page = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "streamlit_page", page)  # its dataclass looks itself up there
+    spec.loader.exec_module(page)
+    assert page.percent(0.98999) == "98.9%"  # "not sure" at 0.99 must not sit beside "99.0%"
+    assert page.percent(0.99) == "99.0%"
+    assert page.percent(0.99996) == "99.9%"
+
+
+def test_the_camera_photo_is_answered_first_and_the_prompt_goes(tiny_app):
+    tiny_app.toggle(key="use_camera").set_value(True).run()
+    app = _upload(tiny_app, [("a.jpg", _jpeg("cat", 1))])
+    assert not app.info  # the upload prompt is gone once there are photos
+    app.camera_input(key="camera").set_value(("shot.jpg", _jpeg("dog", 2), "image/jpeg")).run()
+    assert not app.exception
+    captions = [image.proto.imgs[0].caption for image in app.get("image")]
+    assert captions == ["camera photo", "a.jpg"]  # right below the camera, above the uploads
