@@ -134,7 +134,8 @@ def test_the_heading_never_contradicts_the_bars(monkeypatch):
     app = _upload(app, [("cat.jpg", (REPO / "demos" / "examples" / "cat-chelsea.jpg").read_bytes())])
     assert [s.value for s in app.subheader] == ["Cat"]
     texts = [bar.proto.text for bar in app.get("progress")]
-    assert texts[0].startswith("cat: 99.") and not texts[0].endswith("100.0%")
+    assert texts[0].startswith("cat: 99.")
+    assert not texts[0].endswith("100.0%")
 
     spec = importlib.util.spec_from_file_location("streamlit_page", APP)
     page = importlib.util.module_from_spec(spec)
