@@ -37,6 +37,13 @@ def portability(session: nox.Session) -> None:
 
 
 @nox.session
+def mutations(session: nox.Session) -> None:
+    """Break the code on purpose (tests/mutations.py) and check the tests catch each break; on demand only."""
+    session.install("-e", ".[tensorflow]", *nox.project.dependency_groups(PYPROJECT, "test"))
+    session.run("python", "tests/mutations.py", *session.posargs, env={"KERAS_BACKEND": "tensorflow"})
+
+
+@nox.session
 def lint(session: nox.Session) -> None:
     """Check style and common bugs with ruff."""
     session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))

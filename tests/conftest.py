@@ -67,21 +67,6 @@ def vary_weights(model, seed: int = 0):
 
 
 @pytest.fixture(scope="session")
-def varied_model_dir(tmp_path_factory, tiny_model_config) -> Path:
-    """Like tiny_model_dir, but different photos get clearly different probabilities (vary_weights)."""
-    import keras
-
-    from dogcat.artifacts import CLASS_NAMES, MODEL_FILENAME, save_class_names
-    from dogcat.model import build_model
-
-    keras.utils.set_random_seed(0)
-    folder = tmp_path_factory.mktemp("varied_model")
-    vary_weights(build_model(tiny_model_config, TINY_SIZE)).save(folder / MODEL_FILENAME)
-    save_class_names(folder / "class_names.pkl", CLASS_NAMES)
-    return folder
-
-
-@pytest.fixture(scope="session")
 def varied_base_weights(tmp_path_factory, tiny_model_config) -> Path:
     """A varied tiny MobileNetV2 base as a weights file, for `model.weights=<file>` in training tests."""
     import keras

@@ -1,0 +1,162 @@
+"""Break the code on purpose, one break at a time, and check that the tests named for it fail.
+
+    python tests/mutations.py [NAME ...]        (or `nox -s mutations`; not part of the default sessions)
+
+A test that cannot fail proves nothing: an audit (issue #18) found breaks no test caught, because
+the tiny untrained test model answers [0.5, 0.5] for every photo. Each entry below is one break
+(a file, text that must occur exactly once, its replacement) and the fast tests that should catch
+it. The repository is copied to a temporary folder first, so the checkout is never touched.
+Not collected by pytest: its name does not start with test_, and it defines no test functions.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Mutation(NamedTuple):
+    name: str
+    file: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+MUTATIONS = [
+    Mutation(
+        "temperature folded into the last layer's bias only", "dogcat/calibration.py",
+        "output.set_weights([np.asarray(w) / temperature for w in output.get_weights()])",
+        "kernel, bias = output.get_weights()\n    output.set_weights([kernel, bias / temperature])",
+        ("tests/test_calibration.py",
+         "tests/test_train.py::test_saved_model_is_the_best_weights_with_the_recorded_temperature"),
+    ),
+    Mutation(
+        "class-names unpickler lets builtins through", "dogcat/artifacts.py",
+        "    def find_class(self, module: str, name: str):\n",
+        "    def find_class(self, module: str, name: str):\n"
+        "        if module == 'builtins':\n            return super().find_class(module, name)\n",
+        ("tests/test_artifacts.py", "tests/test_cli.py::test_a_malicious_class_names_file_stops_predict_with_one_line"),
+    ),
+    Mutation(
+        "a loaded model's hidden Dense kernel doubled", "dogcat/model.py",
+        "        return keras.saving.load_model(path, compile=compile, safe_mode=True)\n",
+        "        model = keras.saving.load_model(path, compile=compile, safe_mode=True)\n"
+        "        model.get_layer('dense').kernel.assign(model.get_layer('dense').kernel * 2)\n        return model\n",
+        ("tests/test_model.py::test_save_and_load_give_identical_predictions",),
+    ),
+    Mutation(
+        "RandomFlip left active at inference", "dogcat/model.py",
+        "        layers.append(keras.layers.RandomFlip(config.flip, seed=seed, name=\"random_flip\"))",
+        "        layers.append(keras.layers.RandomFlip(config.flip, seed=seed, name=\"random_flip\"))\n"
+        "        layers[-1].call = lambda inputs, training=None, _call=layers[-1].call: _call(inputs, training=True)",
+        ("tests/test_model.py::test_augmentation_is_off_at_inference",),
+    ),
+    Mutation(
+        "cached trunk skips the [-1, 1] scaling", "dogcat/features.py",
+        '    x = model.get_layer("to_mobilenet_range")(images)\n    trunk =',
+        "    x = images\n    trunk =",
+        ("tests/test_features.py::test_top_of_trunk_is_the_whole_model",
+         "tests/test_features.py::test_training_the_top_on_cached_activations_equals_training_the_model"),
+    ),
+    Mutation(
+        "detector used without checking its sha256 tie to the .keras", "dogcat/verdict.py",
+        "    if detector.keras_sha256 != file_sha256(model_path):",
+        "    if False:",
+        ("tests/test_verdict.py::test_a_stale_or_missing_detector_means_cat_dog_verdicts_and_a_warning",),
+    ),
+    Mutation(
+        "neither decided before too_small", "dogcat/verdict.py",
+        "    if size is not None and min(size) < rules.min_side:\n        return TOO_SMALL\n"
+        "    if is_neither:\n        return NEITHER\n",
+        "    if is_neither:\n        return NEITHER\n"
+        "    if size is not None and min(size) < rules.min_side:\n        return TOO_SMALL\n",
+        ("tests/test_verdict.py::test_decide_gives_each_outcome_in_order",),
+    ),
+    Mutation(
+        "detector threshold one rank off", "dogcat/verdict.py",
+        "[min(allowed, len(val_scores) - 1)]",
+        "[min(allowed + 1, len(val_scores) - 1)]",
+        ("tests/test_verdict.py::test_the_threshold_turns_away_the_chosen_share_of_validation_photos",),
+    ),
+    Mutation(
+        "Image.open without the formats= list", "dogcat/preprocessing.py",
+        "Image.open(io.BytesIO(data), formats=FORMATS)",
+        "Image.open(io.BytesIO(data))",
+        ("tests/test_decode_hardening.py::test_postscript_named_jpg_never_reaches_ghostscript",),
+    ),
+    Mutation(
+        "no process-wide decode concurrency limit", "dogcat/preprocessing.py",
+        "_DECODE_SLOTS = threading.BoundedSemaphore(DECODE_CONCURRENCY)",
+        "_DECODE_SLOTS = threading.BoundedSemaphore(10**6)",
+        ("tests/test_decode_hardening.py::test_concurrent_decodes_never_exceed_the_process_wide_limit",),
+    ),
+    Mutation(
+        "Grad-CAM map without its ReLU", "dogcat/explain.py",
+        "maps = np.maximum(np.einsum(\"nhwk,nkc->nhwc\", feature_map, alpha, optimize=True), 0)",
+        "maps = np.einsum(\"nhwk,nkc->nhwc\", feature_map, alpha, optimize=True)",
+        ("tests/test_explain.py::test_grad_cam_is_zero_where_nothing_speaks_for_the_class",
+         "tests/test_explain.py::test_numpy_heatmap_is_the_autodiff_grad_cam"),
+    ),
+]
+
+
+def _copy_checkout(destination: Path) -> None:
+    """The files git would see (tracked and untracked, not ignored): no .venv, no caches."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            check=True, capture_output=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = REPO / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, destination / name)
+
+
+def run(mutation: Mutation, copy: Path) -> tuple[str, float]:
+    """'caught' when the named tests fail; 'missed' when they pass; 'not applied' when the text is gone."""
+    path = copy / mutation.file
+    original = path.read_text()
+    if original.count(mutation.old) != 1:
+        return "not applied (text not found once; update this list)", 0.0
+    path.write_text(original.replace(mutation.old, mutation.new))
+    env = {**os.environ, "DOGCAT_SHARED_DATA": os.environ.get("DOGCAT_SHARED_DATA") or str(REPO.parent / "shared/data/kaggle-dogs-vs-cats-5k/train")}
+    start = time.perf_counter()
+    try:
+        result = subprocess.run([sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *mutation.tests],
+                                cwd=copy, env=env, capture_output=True, text=True)
+    finally:
+        path.write_text(original)
+    seconds = time.perf_counter() - start
+    outcome = {0: "MISSED", 1: "caught"}.get(result.returncode, f"error (pytest exit {result.returncode})")
+    if result.returncode not in (0, 1):
+        print(result.stdout[-2000:], result.stderr[-2000:], file=sys.stderr)
+    return outcome, seconds
+
+
+def main(names: list[str]) -> int:
+    chosen = [m for m in MUTATIONS if not names or any(n.lower() in m.name.lower() for n in names)]
+    with tempfile.TemporaryDirectory(prefix="dogcat-mutations-") as folder:
+        copy = Path(folder)
+        _copy_checkout(copy)
+        rows = []
+        for mutation in chosen:
+            outcome, seconds = run(mutation, copy)
+            rows.append((mutation.name, mutation.file, outcome, seconds))
+            print(f"{outcome:8} {seconds:5.0f}s  {mutation.name}", flush=True)
+    width = max(len(name) for name, *_ in rows)
+    print(f"\n| {'break':{width}} | file | result |\n|{'-' * (width + 2)}|------|--------|")
+    for name, file, outcome, _ in rows:
+        print(f"| {name:{width}} | {file} | {outcome} |")
+    return 0 if all(outcome == "caught" for *_, outcome, _ in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
