@@ -42,6 +42,9 @@ CONCURRENCY_LIMIT = 2
 QUEUE_MAX_SIZE = 64
 # Uploads are deleted an hour after they arrive, so a long-running Space does not fill its disk.
 DELETE_CACHE = (3600, 3600)
+# Error toasts go after this many seconds (Gradio's default is 10): photos are classified as they
+# arrive, so the next photo's result should not sit under the last one's error.
+ERROR_SECONDS = 4
 
 CLASSIFIER = Classifier.from_path()
 if CLASSIFIER.verdict_warning:  # e.g. no detector beside the model: cat/dog verdicts only
@@ -65,12 +68,19 @@ def predict(image: dict[str, Any] | str | None, explain: bool = False) -> tuple[
     else:
         path, name = image, "the upload"
     if not path:
-        raise gr.Error("No image received: upload a photo of a cat or a dog.", print_exception=False)
+        raise gr.Error("No image received: upload a photo of a cat or a dog.", duration=ERROR_SECONDS, print_exception=False)
     result = CLASSIFIER.predict([path], explain=bool(explain) and CLASSIFIER.can_explain)[0]
     if result.error:
-        raise gr.Error(f"Cannot read {name}: {result.error}.", print_exception=False)
+        raise gr.Error(f"Cannot read {name}: {result.error}.", duration=ERROR_SECONDS, print_exception=False)
     looked = None if result.heatmap is None else overlay(path, result.heatmap)
     return result.text, result.probabilities, looked
+
+
+def predict_on_change(image: dict[str, Any] | str | None, explain: bool = False) -> tuple:
+    """`predict` for a photo just uploaded, pasted or picked from the examples; a cleared photo clears the outputs."""
+    if not image:
+        return None, None, None
+    return predict(image, explain)
 
 
 with gr.Blocks(title="dogcat: cat or dog?", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
@@ -103,19 +113,31 @@ with gr.Blocks(title="dogcat: cat or dog?", analytics_enabled=False, delete_cach
         preprocess=False,
         concurrency_limit=CONCURRENCY_LIMIT,
     )
+    # Classify as soon as a photo arrives; the button stays for the checkbox. Private: /predict
+    # remains the one API endpoint.
+    image_input.change(
+        predict_on_change,
+        inputs=[image_input, explain_input],
+        outputs=[verdict_output, label_output, overlay_output],
+        api_visibility="private",
+        preprocess=False,
+        concurrency_limit=CONCURRENCY_LIMIT,
+    )
 
 # api_open=False: the REST route cannot skip the queue, so the limits above hold for API clients too.
 demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE, api_open=False)
 
 
-def launch(server_name: str | None = None, server_port: int | None = None) -> None:
+def launch(server_name: str | None = None, server_port: int | None = None, share: bool = False) -> None:
     """Serve `demo`; None means $GRADIO_SERVER_NAME / $GRADIO_SERVER_PORT, else 127.0.0.1:7860.
 
-    Hugging Face Spaces sets those variables (0.0.0.0:7860) and runs `python app.py`.
+    Hugging Face Spaces sets those variables (0.0.0.0:7860) and runs `python app.py`. `share`:
+    also a temporary public gradio.live link (`dogcat demo --share`, which Gradio's hint suggests).
     """
     demo.launch(
         server_name=server_name,
         server_port=server_port,
+        share=share,
         max_file_size=MAX_FILE_BYTES,  # dogcat's own upload limit, enforced before the file is stored
         show_error=False,  # only gr.Error messages reach users; anything unexpected stays in the log
     )

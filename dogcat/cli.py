@@ -170,6 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     space_build.set_defaults(handler=_space_build)
     demo = commands.add_parser("demo", help="run the Gradio demo (the Space's app) locally")
     _add_server_arguments(demo, port=7860)
+    demo.add_argument("--share", action="store_true", help="also a temporary public gradio.live link (72 hours)")
     demo.set_defaults(handler=_demo)
     return parser
 
@@ -393,7 +394,7 @@ def _demo(args: argparse.Namespace) -> int:
     module = importlib.util.module_from_spec(spec)
     with _stderr_parked():  # Keras's start-up chatter, if the model needs it
         spec.loader.exec_module(module)  # builds the app and loads the model, once
-    module.launch(server_name=args.host, server_port=args.port)
+    module.launch(server_name=args.host, server_port=args.port, share=args.share)
     return 0
 
 

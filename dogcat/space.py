@@ -39,6 +39,7 @@ from dogcat.artifacts import (
     CLASS_NAMES_FILENAME,
     DETECTOR_FILENAME,
     MODEL_FILENAME,
+    ONNX_FILENAME,
     bundled_file,
     load_class_names,
     load_model_card,
@@ -152,7 +153,7 @@ def build_space(out_dir: str | Path, model_path: str | Path | None = None) -> Pa
             if model.with_name(name).is_file():
                 shutil.copy2(model.with_name(name), models / name)
         (staging / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
-        (staging / "README.md").write_text(space_readme(models, class_names, requirements), encoding="utf-8")
+        (staging / "README.md").write_text(space_readme(models, class_names, requirements, serves_onnx), encoding="utf-8")
         written = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
         clashes = [name for name in written if name not in previous and (out / name).exists()]
         if clashes:
@@ -276,8 +277,11 @@ def _yaml_scalar(value: object) -> str:
     return json.dumps(str(value), ensure_ascii=False)  # a JSON string is a valid YAML string
 
 
-def space_readme(models: Path, class_names: dict[int, str], requirements: list[str]) -> str:
-    """The Space's README.md: front matter, then a model card built from the files in `models`."""
+def space_readme(models: Path, class_names: dict[int, str], requirements: list[str], serves_onnx: bool = False) -> str:
+    """The Space's README.md: front matter, then a model card built from the files in `models`.
+
+    `serves_onnx`: the app runs the ONNX twin, so the card names that file as what serves.
+    """
     versions = dict(line.split("==") for line in requirements)
     front = {**FRONT_MATTER, "sdk_version": versions["gradio"], "python_version": f"{sys.version_info.major}.{sys.version_info.minor}"}
     order = ("title", "emoji", "colorFrom", "colorTo", "sdk", "sdk_version", "app_file",
@@ -300,7 +304,12 @@ def space_readme(models: Path, class_names: dict[int, str], requirements: list[s
         "## Model",
         "",
         f"- `models/{MODEL_FILENAME}` ({size_mb:.1f} MB): takes one RGB photo, squashed to the model's square input; "
-        "decoding (EXIF rotation, transparency, 16-bit and CMYK images) is dogcat's `decode_image`.",
+        "decoding (EXIF rotation, transparency, 16-bit and CMYK images) is dogcat's `decode_image`."
+        + (" The reference: the app does not load it." if serves_onnx else ""),
+        *([f"- `models/{ONNX_FILENAME}` ({(models / ONNX_FILENAME).stat().st_size / 1e6:.1f} MB): what the app serves, "
+           "with ONNX Runtime (no Keras or TensorFlow in this Space): the same network, exported by `dogcat export` "
+           "from the `.keras` file above (its sha256 is in the export's metadata), with the features the detector "
+           "reads."] if serves_onnx else []),
         f"- `models/{CLASS_NAMES_FILENAME}`: {{{names}}}.",
         *([f"- `models/{DETECTOR_FILENAME}`: the \"neither\" detector. A photo whose pooled MobileNetV2 features are "
            "far (cosine distance to the k-th nearest) from every training photo's is called neither; the threshold "

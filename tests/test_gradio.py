@@ -129,6 +129,37 @@ def test_the_only_public_endpoint_is_predict_and_its_limits_are_set(app):
     assert app.demo._queue.max_size == app.QUEUE_MAX_SIZE
 
 
+def test_a_photo_is_classified_as_it_arrives_without_a_second_endpoint(app, tmp_path):
+    (fn,) = [fn for fn in app.demo.fns.values() if fn.fn is app.predict_on_change]
+    assert [(app.demo.blocks[block_id], event) for block_id, event in fn.targets] == [(app.image_input, "change")]
+    assert fn.api_visibility == "private"  # /predict stays the one endpoint (test above)
+    assert not fn.preprocess
+    assert fn.concurrency_limit == app.CONCURRENCY_LIMIT
+    assert app.predict_on_change(None, False) == (None, None, None)  # the clear button: outputs cleared, no error
+    photo = tmp_path / "drawn.png"
+    _drawn_photo("cat", 5, size=96).save(photo)
+    assert app.predict_on_change(_upload(photo), False)[0] == app.predict(_upload(photo), False)[0]
+    (tmp_path / "bad.jpg").write_text("not a photo")
+    with pytest.raises(gr.Error) as error:  # and it goes before the next photo's result, not after 10 s
+        app.predict_on_change(_upload(tmp_path / "bad.jpg"), False)
+    assert error.value.duration == app.ERROR_SECONDS < 10
+
+
+def test_cli_demo_share_asks_gradio_for_a_public_link(tiny_model_dir, monkeypatch):
+    from dogcat.cli import main
+
+    launched = []
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: launched.append(kwargs))
+    monkeypatch.setenv("DOGCAT_MODEL", "")  # the demo sets it: recorded here, so it is undone after this test
+    gc.disable()  # as in _load_app: the demo builds its gr.Blocks in this long pytest process
+    try:
+        assert main(["demo", "--share", "--model", str(tiny_model_dir / MODEL_FILENAME)]) == 0
+        assert main(["demo", "--model", str(tiny_model_dir / MODEL_FILENAME)]) == 0
+    finally:
+        gc.enable()
+    assert [kwargs["share"] for kwargs in launched] == [True, False]
+
+
 def test_every_example_is_readable_and_licensed(app):
     examples = sorted(APP_FILE.parent.joinpath("examples").glob("*.jpg"))
     assert sorted(app.EXAMPLES) == examples
@@ -182,6 +213,7 @@ def test_space_folder_has_everything_a_gradio_space_needs(tmp_path, measured_mod
     assert "0.4321" in readme
     assert "+/-19.1 percentage points" in readme  # 1.96 * sqrt(0.8125 * 0.1875 / 16)
     assert "cat or dog for **any** image" in readme
+    assert ".onnx" not in readme  # this model has no export: the Space serves the .keras file
 
     pins = dict(line.split("==") for line in (out / "requirements.txt").read_text().split())
     assert list(pins) == list(REQUIREMENTS)
@@ -214,6 +246,10 @@ def test_space_of_an_exported_model_runs_without_keras_or_tensorflow(space):
     assert list(pins) == list(ONNX_REQUIREMENTS)
     assert (space / "models" / "dog_cat_classifier.onnx").is_file()
     assert (space / "models" / "dog_cat_detector.npz").is_file()
+    readme = (space / "README.md").read_text(encoding="utf-8")  # the card names what serves, and the detector
+    assert "- `models/dog_cat_classifier.onnx` (" in readme
+    assert "what the app serves, with ONNX Runtime" in readme
+    assert "- `models/dog_cat_detector.npz`: the \"neither\" detector" in readme
     # Import the app with keras and tensorflow made unimportable: it must build and answer.
     probe = (
         "import sys; sys.modules.update(keras=None, tensorflow=None); import runpy; "
