@@ -92,7 +92,9 @@ def test_cache_holds_every_view_of_every_image(tiny_model_config):
     images = _images(5)
     cache = cache_activations(trunk.predict_on_batch, images, tiny_model_config, 3, seed=0, progress=False, batch_size=2)
     assert cache.shape == (3, 5, *trunk.output_shape[1:])
-    np.testing.assert_allclose(cache[0], trunk.predict_on_batch(images.astype(np.float32) / 255.0), atol=1e-6)
+    expected = trunk.predict_on_batch(images.astype(np.float32) / 255.0)
+    # float32 sums in another batch size differ in the last bits: relative to the activations' size (~10)
+    np.testing.assert_allclose(cache[0], expected, rtol=0, atol=1e-5 * np.abs(expected).max())
     assert np.abs(cache[1] - cache[0]).max() > 0.01 * np.abs(cache[0]).max()  # view 1 is augmented
 
 
