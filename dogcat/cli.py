@@ -17,8 +17,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 EXIT_USAGE = 2
 EXIT_FILE_ERRORS = 1
-
-
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what `cat` or `grep` give when the reader (`head`) leaves early
 
@@ -75,6 +73,8 @@ def _stderr_parked():
         os.dup2(sink.fileno(), 2)
         try:
             yield
+        except KeyboardInterrupt:
+            raise  # Ctrl-C: the chatter explains nothing
         except BaseException:
             os.dup2(saved, 2)
             sink.seek(0)
@@ -394,6 +394,7 @@ def _demo(args: argparse.Namespace) -> int:
     module = importlib.util.module_from_spec(spec)
     with _stderr_parked():  # Keras's start-up chatter, if the model needs it
         spec.loader.exec_module(module)  # builds the app and loads the model, once
+    _warn_about_verdicts(module.CLASSIFIER)  # the app's own warning went to the parked stderr
     module.launch(server_name=args.host, server_port=args.port, share=args.share)
     return 0
 

@@ -159,6 +159,15 @@ def test_cli_demo_share_asks_gradio_for_a_public_link(tiny_model_dir, monkeypatc
         gc.enable()
     assert [kwargs["share"] for kwargs in launched] == [True, False]
 
+    # From a terminal (fd 2, which capsys is not): the tiny model has no detector, and that is said
+    # exactly once, not lost in the stderr parked while the app loads Keras, and no Keras chatter.
+    probe = ("import gradio; gradio.Blocks.launch = lambda self, **kwargs: None; from dogcat.cli import main; "
+             f"main(['demo', '--model', {str(tiny_model_dir / MODEL_FILENAME)!r}])")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    (warning,) = result.stderr.splitlines()
+    assert warning.startswith("dogcat: warning: no ")
+
 
 def test_every_example_is_readable_and_licensed(app):
     examples = sorted(APP_FILE.parent.joinpath("examples").glob("*.jpg"))
