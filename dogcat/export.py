@@ -2,9 +2,9 @@
 
 ONNX Runtime runs the network several milliseconds faster per photo than a Keras call on a
 CPU, and needs neither TensorFlow nor JAX. The graph is written by dogcat.onnx_graph from the
-model's own weights (any Keras backend, no tf2onnx) and has two outputs: the probabilities and
-the pooled features the "neither" detector reads, so an ONNX-only install gives the same
-verdicts as Keras. The file goes beside the `.keras` as `dog_cat_classifier.onnx` and records
+model's own weights (any Keras backend, no tf2onnx). Besides the probabilities it returns the
+pooled features the "neither" detector reads and what Grad-CAM needs, so an ONNX-only install
+gives the same verdicts and heatmaps as Keras. The file goes beside the `.keras` as `dog_cat_classifier.onnx` and records
 the sha256 of the `.keras` it came from, so a Classifier uses it only while it still matches
 (see dogcat.inference).
 """

@@ -5,8 +5,9 @@ the probabilities, the pooled features that the "neither" detector reads
 (dogcat.verdict.FEATURE_BLOCKS), and what Grad-CAM needs (dogcat.explain): the base's feature map
 and the logits' gradient with respect to the pooled features, computed in the graph from the
 head's weights because ONNX Runtime alone cannot read them back. Callers ask for those two
-outputs only when explaining, so plain predictions do not transfer them. Fast training writes the frozen trunk, so caching its activations runs on
-ONNX Runtime, several times faster than a Keras `predict` on a CPU (benchmarks/training.py).
+outputs only when explaining, so plain predictions do not transfer them. Fast training writes
+the frozen trunk, so caching its activations runs on ONNX Runtime, several times faster than a
+Keras `predict` on a CPU (benchmarks/training.py).
 Because the graph is built here from weights and settings, it needs only the `onnx` package: no
 TensorFlow, no tf2onnx, and it is the same on every Keras backend. Only the layer types dogcat's
 MobileNetV2 classifier uses are translated; anything else is refused by name. Tests hold both
