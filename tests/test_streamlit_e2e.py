@@ -74,6 +74,11 @@ def test_browser_upload_gives_labels_and_a_readable_error(app_url, shared_data, 
                 f"() => document.querySelectorAll('[data-testid=\"stImage\"]').length >= {2 * photos}", timeout=60_000
             )
             assert looked.count() == photos
+            # Wait for the rerun to finish: until then the previous run's elements stay on the page,
+            # faded ("stale"), and the screenshot would show both.
+            page.wait_for_function(
+                "() => !document.querySelector('[data-stale=\"true\"], [data-testid=\"stSpinner\"]')", timeout=60_000
+            )
             screenshot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(screenshot), full_page=True)
         finally:
