@@ -54,16 +54,21 @@ def vary_weights(model, seed: int = 0):
         elif isinstance(layer, keras.layers.Conv2D):
             fan_in = int(np.prod(layer.kernel.shape[:3]))
         elif isinstance(layer, keras.layers.BatchNormalization):
-            channels = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(0, 0.1, channels).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, channels).astype("float32"))
-            layer.gamma.assign(rng.uniform(0.5, 1.5, channels).astype("float32"))
-            layer.beta.assign(rng.normal(0, 0.1, channels).astype("float32"))
+            randomize_batch_norm(layer, rng)
             continue
         else:
             continue
         layer.kernel.assign(rng.normal(0, np.sqrt(2.0 / fan_in), layer.kernel.shape).astype("float32"))
     return model
+
+
+def randomize_batch_norm(layer, rng) -> None:
+    """Untrained BatchNorm layers are identities; real-looking statistics make them matter."""
+    channels = layer.moving_mean.shape[0]
+    layer.moving_mean.assign(rng.normal(0, 0.1, channels).astype("float32"))
+    layer.moving_variance.assign(rng.uniform(0.5, 2.0, channels).astype("float32"))
+    layer.gamma.assign(rng.uniform(0.5, 1.5, channels).astype("float32"))
+    layer.beta.assign(rng.normal(0, 0.1, channels).astype("float32"))
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from dogcat.features import (
 )
 from dogcat.model import build_model, inference_model, set_fine_tuning
 from dogcat.onnx_graph import UnsupportedLayer
-from tests.conftest import TINY_SIZE, vary_weights
+from tests.conftest import TINY_SIZE, randomize_batch_norm, vary_weights
 
 
 def _images(count: int, seed: int = 0) -> np.ndarray:
@@ -165,8 +165,4 @@ def _randomize_batch_norm_statistics(model):
     rng = np.random.default_rng(0)
     for layer in model.get_layer("mobilenet_v2").layers:
         if isinstance(layer, keras.layers.BatchNormalization):
-            channels = layer.moving_mean.shape[0]
-            layer.moving_mean.assign(rng.normal(0, 0.1, channels).astype("float32"))
-            layer.moving_variance.assign(rng.uniform(0.5, 2.0, channels).astype("float32"))
-            layer.gamma.assign(rng.uniform(0.5, 1.5, channels).astype("float32"))
-            layer.beta.assign(rng.normal(0, 0.1, channels).astype("float32"))
+            randomize_batch_norm(layer, rng)
