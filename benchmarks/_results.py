@@ -9,8 +9,14 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+import numpy as np
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
-HEADER = "# Benchmark results\n\nEach section is rewritten by the script named in it; numbers are from one run on the machine it names.\n"
+HEADER = (
+    "# Benchmark results\n\nEach section is rewritten by the script named in it; numbers are from one run on the machine it names.\n"
+    "The speed probe (a fixed float32 matmul's GFLOP/s at the script's start and end) tells runs on different\n"
+    "or busier machines apart; sections without one predate it.\n"
+)
 
 
 def machine() -> str:
@@ -25,6 +31,33 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {cpu}, Python {platform.python_version()}, {platform.system()}"
 
 
+PROBE_SIZE, PROBE_REPEATS = 1024, 5
+
+
+def speed_probe() -> float:
+    """GFLOP/s of a fixed float32 NumPy matmul (1024x1024 by 1024x1024, BLAS on all cores), best of 5.
+
+    About 0.1-0.3 s. A quick fingerprint of how fast the machine was at that moment, so that sections
+    written on different (or differently loaded) machines can be told apart.
+    """
+    import time
+
+    rng = np.random.default_rng(0)
+    a, b = (rng.random((PROBE_SIZE, PROBE_SIZE), dtype=np.float32) for _ in range(2))
+    a @ b  # warm-up: thread pool start, page faults
+    best = float("inf")
+    for _ in range(PROBE_REPEATS):
+        started = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - started)
+    return 2 * PROBE_SIZE**3 / best / 1e9
+
+
+# Measured when a benchmark script imports this module, i.e. at its start, before its own work
+# loads the machine; write_section records it with a second probe taken at the end.
+START_PROBE = speed_probe()
+
+
 def versions(*packages: str) -> str:
     found = []
     for package in packages:
@@ -36,11 +69,17 @@ def versions(*packages: str) -> str:
 
 
 def write_section(name: str, command: str, body: str, packages: tuple[str, ...] = ()) -> None:
-    """Replace (or append) the section `name` in RESULTS.md with a dated, attributed body."""
+    """Replace (or append) the section `name` in RESULTS.md with a dated, attributed body.
+
+    The header records the machine, and the speed probe taken when the script started (on import
+    of this module) and again now, so a section from a slower or busier machine shows it.
+    """
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    probe = (f"{START_PROBE:.0f} GFLOP/s at the start, {speed_probe():.0f} at the end "
+             f"(float32 NumPy matmul {PROBE_SIZE}x{PROBE_SIZE}, all cores, best of {PROBE_REPEATS})")
     section = (
         f"<!-- section:{name} -->\n## {name}\n\n"
-        f"- date: {stamp}\n- machine: {machine()}\n"
+        f"- date: {stamp}\n- machine: {machine()}\n- speed probe: {probe}\n"
         + (f"- versions: {versions(*packages)}\n" if packages else "")
         + f"- command: `{command}`\n\n{body.strip()}\n<!-- /section:{name} -->\n"
     )
