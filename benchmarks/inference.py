@@ -1,6 +1,6 @@
 """Inference speed, file to probabilities, one process: the plain Keras way vs dogcat's runtimes.
 
-    python benchmarks/inference.py [--runs 50]
+    python benchmarks/inference.py [--runs 50] [--files 256] [--print-only]
 
 Baseline (measured in the same run): the seed project's way: PIL open, convert to RGB, resize
 to 224x224, scale to [0, 1], `model.predict` on one image. Against it:
@@ -8,7 +8,9 @@ to 224x224, scale to [0, 1], `model.predict` on one image. Against it:
 - dogcat ONNX runtime: the same through ONNX Runtime on the file `dogcat export` writes.
 Inputs: a 200x200 Kaggle JPEG ($DOGCAT_SHARED_DATA, else generated) and a 12-megapixel
 (4032x3024) JPEG made by upscaling it. Batched throughput: 256 200x200 files via
-`Classifier.predict`; then, as its ceiling, the network alone on the same images already
+`Classifier.predict`, against the baseline as a plain Keras user batches: every file opened and
+resized the same way, stacked, and one `model.predict` on the batch (its default batch size, 32);
+beside it, the one-photo-at-a-time baseline (one `model.predict` per file). Then, as its ceiling, the network alone on the same images already
 decoded (`model.predict` / `predict_batch`), and ONNX Runtime on one thread, which shows whether
 the network is compute-bound. Uses the shipped model, exported to a temporary folder.
 """
@@ -53,14 +55,14 @@ def single_thread_onnx_rate(onnx_path: Path, images: np.ndarray, throughput) -> 
     return throughput(lambda: [session.run(None, {name: images[i : i + 32]}) for i in range(0, len(images), 32)])
 
 
-def make_photos(folder: Path) -> tuple[Path, Path, list[Path]]:
+def make_photos(folder: Path, count: int = 256) -> tuple[Path, Path, list[Path]]:
     shared = os.environ.get("DOGCAT_SHARED_DATA")
     if shared and Path(shared).is_dir():
-        small = sorted(Path(shared).glob("*.jpg"))[:256]
+        small = sorted(Path(shared).glob("*.jpg"))[:count]
     else:
         rng = np.random.default_rng(0)
         small = []
-        for i in range(256):
+        for i in range(count):
             path = folder / f"{i}.jpg"
             Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(path, quality=90)
             small.append(path)
@@ -72,6 +74,8 @@ def make_photos(folder: Path) -> tuple[Path, Path, list[Path]]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--files", type=int, default=256, help="200x200 files for the batched rows")
+    parser.add_argument("--print-only", action="store_true", help="print the table; leave RESULTS.md as it is")
     args = parser.parse_args()
     import keras
 
@@ -83,14 +87,19 @@ def main() -> None:
         for name in ("dog_cat_classifier.keras", "class_names.pkl"):
             shutil.copy(REPO / "models" / name, tmp / name)
         export_onnx(tmp / "dog_cat_classifier.keras")
-        small, large, batch = make_photos(tmp)
+        small, large, batch = make_photos(tmp, args.files)
         plain_model = keras.saving.load_model(tmp / "dog_cat_classifier.keras")
         keras_runtime = Classifier.from_path(tmp / "dog_cat_classifier.keras", runtime="keras")
         onnx_runtime = Classifier.from_path(tmp / "dog_cat_classifier.keras", runtime="onnx")
 
+        def plain_pixels(path: Path) -> np.ndarray:
+            return np.asarray(Image.open(path).convert("RGB").resize((224, 224)), np.float32) / 255.0
+
         def plain(path: Path):
-            image = Image.open(path).convert("RGB").resize((224, 224))
-            return plain_model.predict(np.asarray(image, np.float32)[None] / 255.0, verbose=0)
+            return plain_model.predict(plain_pixels(path)[None], verbose=0)
+
+        def plain_batch(paths: list[Path]):  # how a plain Keras user classifies a folder: one predict call
+            return plain_model.predict(np.stack([plain_pixels(p) for p in paths]), verbose=0)
 
         rows = []
         for label, path in (("200x200 JPEG", small), ("4032x3024 JPEG", large)):
@@ -106,10 +115,12 @@ def main() -> None:
             function()
             return len(batch) / (time.perf_counter() - started)
 
-        plain_rate = throughput(lambda: [plain(p) for p in batch])
+        plain_rate = throughput(lambda: plain_batch(batch))
+        one_by_one = throughput(lambda: [plain(p) for p in batch])
         rates = {name: throughput(lambda c=c: c.predict(batch)) for name, c in (("keras", keras_runtime), ("onnx", onnx_runtime))}
-        rows.append((f"{len(batch)} 200x200 files, images/s", f"{plain_rate:.0f}",
+        rows.append((f"{len(batch)} 200x200 files, images/s (baseline: one `model.predict` on the batch)", f"{plain_rate:.0f}",
                      f"{rates['keras']:.0f} ({rates['keras'] / plain_rate:.1f}x)", f"{rates['onnx']:.0f} ({rates['onnx'] / plain_rate:.1f}x)"))
+        rows.append((f"same {len(batch)} files, baseline one `model.predict` per file, images/s", f"{one_by_one:.0f}", "-", "-"))
 
         # The ceiling: the network alone on already-decoded images, so decoding costs nothing.
         decoded = np.stack([np.asarray(Image.open(p).convert("RGB").resize((224, 224)), np.float32) / 255 for p in batch])
@@ -129,8 +140,11 @@ def main() -> None:
               f"so both cores give {networks['onnx'] / one_core:.2f}x one core.")
     table += f"\n\nMax |ONNX - Keras| probability difference on 32 photos: {difference:.1e}."
     print(table)
+    if args.print_only:
+        return
     source = "Kaggle sample" if os.environ.get("DOGCAT_SHARED_DATA") else "generated noise JPEGs"
-    write_section("Inference: file to probabilities", f"python benchmarks/inference.py --runs {args.runs}",
+    command = f"python benchmarks/inference.py --runs {args.runs}" + (f" --files {args.files}" if args.files != 256 else "")
+    write_section("Inference: file to probabilities", command,
                   f"Photos: {source}; the shipped model. Ratios are speed-ups over the baseline.\n\n{table}",
                   ("keras", "tensorflow-cpu", "onnxruntime", "pillow"))
 
