@@ -431,18 +431,47 @@ def test_cli_demo_refuses_a_missing_model_in_one_line(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
-@pytest.mark.slow
-def test_cli_demo_serves_the_app(tiny_model_dir, tmp_path):
+@pytest.fixture(scope="module")
+def demo_url(tiny_model_dir, tmp_path_factory):
+    """`dogcat demo` with the tiny model, serving on 127.0.0.1:<free port>; always stopped."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    log = tmp_path / "demo.log"
+    folder = tmp_path_factory.mktemp("demo")
     command = [sys.executable, "-m", "dogcat", "demo", "--host", "127.0.0.1", "--port", str(port),
                "--model", str(tiny_model_dir / MODEL_FILENAME)]
-    with serving(command, f"{url}/gradio_api/info", log, SERVER_START_TIMEOUT,
-                 cwd=tmp_path, env=_space_env(port, keep_backend=True)):
-        photo = tmp_path / "drawn.png"
-        _drawn_photo("cat", 5, size=64).save(photo)
-        _, label, probabilities, _ = _classify(gradio_client.Client(url, verbose=False), photo)
-        assert set(probabilities) == {"cat", "dog"}
-        assert label == max(probabilities, key=probabilities.get)
-        assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    with serving(command, f"{url}/gradio_api/info", folder / "demo.log", SERVER_START_TIMEOUT,
+                 cwd=folder, env=_space_env(port, keep_backend=True)):
+        yield url
+
+
+@pytest.mark.slow
+def test_cli_demo_serves_the_app(demo_url, tmp_path):
+    photo = tmp_path / "drawn.png"
+    _drawn_photo("cat", 5, size=64).save(photo)
+    _, label, probabilities, _ = _classify(gradio_client.Client(demo_url, verbose=False), photo)
+    assert set(probabilities) == {"cat", "dog"}
+    assert label == max(probabilities, key=probabilities.get)
+    assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.slow
+def test_the_served_demo_refuses_uploads_over_50_mib_before_storing_them(demo_url):
+    """Gradio's own upload route enforces dogcat's MAX_FILE_BYTES (launch's max_file_size): the
+    server stops reading at the limit and answers 413, so a huge upload never reaches the disk
+    or the decoder (Streamlit's twin: --server.maxUploadSize, tests/test_decode_hardening.py)."""
+    import httpx
+
+    from dogcat.preprocessing import MAX_FILE_BYTES
+
+    assert MAX_FILE_BYTES == 50 * 2**20  # the limit the README promises
+
+    def upload(size: int) -> httpx.Response:
+        files = {"files": ("photo.jpg", b"\xff" * size, "image/jpeg")}
+        return httpx.post(f"{demo_url}/gradio_api/upload", files=files, timeout=60, trust_env=False)
+
+    refused = upload(MAX_FILE_BYTES + 1)
+    assert refused.status_code == 413
+    assert f"maximum allowed size of {MAX_FILE_BYTES} bytes" in refused.text
+    accepted = upload(MAX_FILE_BYTES)  # exactly at the limit is allowed, as in dogcat.preprocessing
+    assert accepted.status_code == 200, accepted.text
+    assert len(accepted.json()) == 1
