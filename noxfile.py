@@ -27,13 +27,19 @@ def tests(session: nox.Session, backend: str) -> None:
     if backend == "jax":
         env["DOGCAT_EXPECT_NO_TENSORFLOW"] = "1"
     extras = f"{backend},streamlit,gradio"
-    _install_and_test(session, extras, env, "-m", "not portability")
+    _install_and_test(session, extras, env, "-m", "not portability and not tune")
 
 
 @nox.session
 def portability(session: nox.Session) -> None:
     """Save models on one backend and load them on the other, one process per backend."""
     _install_and_test(session, "tensorflow,jax", {"DOGCAT_REQUIRE_BOTH_BACKENDS": "1"}, "-m", "portability")
+
+
+@nox.session
+def tune(session: nox.Session) -> None:
+    """`dogcat tune` (Optuna, the tune extra): a search, its resume and its written config, on tiny data."""
+    _install_and_test(session, "tensorflow,tune", {"KERAS_BACKEND": "tensorflow"}, "-m", "tune")
 
 
 @nox.session

@@ -39,7 +39,7 @@ def _main(argv: list[str] | None) -> int:
     from dogcat.preprocessing import ImageError
 
     try:
-        if args.handler in (_train, _export, _detector_fit):  # these always run Keras; the others only maybe
+        if args.handler in (_train, _tune, _export, _detector_fit):  # these always run Keras; the others only maybe
             _import_keras_quietly()
         code = args.handler(args)
         sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below
@@ -120,6 +120,14 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", metavar="section.key=value", help="e.g. train.epochs=3 data.dir=data/x")
     train.add_argument("--run-dir", type=Path, help="run folder (default: <train.output_dir>/<UTC time>)")
     train.set_defaults(handler=_train)
+
+    tune = commands.add_parser("tune", help="search the recipe's open settings (Optuna); rerun with the same --out to resume")
+    tune.add_argument("--config", type=Path, help="base TOML config (default: built-in defaults, or the --out folder's own)")
+    tune.add_argument("overrides", nargs="*", metavar="section.key=value", help="base config overrides, as for train")
+    tune.add_argument("--trials", type=int, default=30, help="finished trials in total, resumed ones included (default: 30)")
+    tune.add_argument("--out", type=Path, help="search folder (default: <train.output_dir>/tune-<UTC time>)")
+    tune.add_argument("--seed", type=int, help="the sampler's seed (default: train.seed)")
+    tune.set_defaults(handler=_tune)
 
     evaluate = commands.add_parser("evaluate", help="score a model on a labelled split")
     evaluate.add_argument("model", type=Path, help=".keras file (class_names.pkl beside it)")
@@ -219,6 +227,27 @@ def _train(args: argparse.Namespace) -> int:
         where = run_dir or "the run folder printed above"
         print(f"dogcat: interrupted; run the same command with --run-dir {where} to resume", file=sys.stderr)
         return 130
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from dogcat.config import load_config
+    from dogcat.train import TrainError
+    from dogcat.tune import TuneError, default_out, tune
+
+    config_path = args.config
+    if config_path is None and args.out is not None and (args.out / "config.toml").is_file():
+        config_path = args.out / "config.toml"  # resuming: the search's own base config is the default
+    config = load_config(config_path, args.overrides)
+    out = args.out or default_out(config)
+    try:
+        tune(config, args.trials, out, seed=args.seed)
+    except (TuneError, TrainError) as error:
+        print(f"dogcat: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"dogcat: interrupted; run the same command with --out {out} to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -64,8 +64,14 @@ def default_run_dir(config: Config) -> Path:
     return Path(config.train.output_dir) / datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
 
 
-def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str], None] = print, progress: bool = True) -> Path:
-    """Train (or resume) a run; returns the run folder."""
+def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str], None] = print, progress: bool = True,
+          deployable: bool = True) -> Path:
+    """Train (or resume) a run; returns the run folder.
+
+    `deployable=False` skips the ONNX twin and the "neither" detector: a tuning trial
+    (dogcat.tune) is scored on its validation loss and never served, and the detector alone runs
+    every training and validation photo through the whole network once more.
+    """
     validate_config(config)  # load_config already did; this covers a Config built in Python
     splits = read_splits(config.data.dir)  # before the run folder exists: a bad data folder leaves nothing behind
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(config)
@@ -157,8 +163,9 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
     save_class_names(run_dir / CLASS_NAMES_FILENAME, CLASS_NAMES)
     # The ONNX twin (the fast runtime, and the pooled features) and the "neither" detector beside
     # the model: a finished run folder serves verdicts as it is (dogcat.verdict).
-    export_onnx(run_dir / MODEL_FILENAME)
-    fit_detector_beside(run_dir / MODEL_FILENAME, config.data.dir, config.predict.turn_away, log)
+    if deployable:
+        export_onnx(run_dir / MODEL_FILENAME)
+        fit_detector_beside(run_dir / MODEL_FILENAME, config.data.dir, config.predict.turn_away, log)
     best = next(row for row in history if row["epoch"] == state["best_epoch"])
     metrics = {
         "best_epoch": state["best_epoch"],
