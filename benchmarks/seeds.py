@@ -1,12 +1,14 @@
 """Accuracy across training seeds: how much of a recipe's score is the recipe and how much is luck.
 
-    python benchmarks/seeds.py [--seeds 42 1 2 3 4] [--variant "LABEL:KEY=VALUE ..."] [--source KAGGLE_TRAIN_DIR]
+    python benchmarks/seeds.py [--seeds 42 1 2 3 4] [--variant "LABEL:[--config FILE] KEY=VALUE ..."] [--source KAGGLE_TRAIN_DIR]
 
 One 400-image test split moves by 0.25 points per photo, and one training run by about as much
 from its seed alone, so a single run cannot say whether a recipe reaches a target or whether one
 recipe beats another. This trains each variant (default: configs/default.toml as is) once per
 seed, exports it, and scores it through `Classifier.predict` on the test split and on the Kaggle
 photos outside the dataset (as benchmarks/accuracy.py does), then reports mean and spread.
+A variant may name its own config file first, e.g. the `best.toml` of a `dogcat tune` search:
+`--variant "recipe:" --variant "tuned:--config runs/tune-X/best.toml"` scores both on the same seeds.
 Each run takes about 4-5 minutes on 2 cores.
 """
 
@@ -26,10 +28,26 @@ from benchmarks.accuracy import outside_photos  # noqa: E402
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
-    label, _, overrides = text.partition(":")
+    """(label, tokens): the tokens are KEY=VALUE overrides, optionally after `--config FILE`.
+
+    The file is checked here, so a typo stops the benchmark before hours of training, not after.
+    """
+    label, _, rest = text.partition(":")
+    tokens = rest.split()
     if not label.strip():
-        raise argparse.ArgumentTypeError(f"a variant is 'LABEL:KEY=VALUE ...'. Received: variant={text!r}")
-    return label.strip(), overrides.split()
+        raise argparse.ArgumentTypeError(f"a variant is 'LABEL:[--config FILE] KEY=VALUE ...'. Received: variant={text!r}")
+    if "--config" in tokens[1:] or tokens == ["--config"]:
+        raise argparse.ArgumentTypeError(f"a variant's --config comes first, followed by a file. Received: variant={text!r}")
+    if tokens[:1] == ["--config"] and not Path(tokens[1]).is_file():
+        raise argparse.ArgumentTypeError(f"a variant's config file does not exist. Received: variant={text!r}")
+    return label.strip(), tokens
+
+
+def variant_config(tokens: list[str], default: Path) -> tuple[Path, list[str]]:
+    """(config file, overrides) of a variant: its own `--config FILE`, else `default`."""
+    if tokens[:1] == ["--config"]:
+        return Path(tokens[1]), tokens[2:]
+    return default, tokens
 
 
 def main() -> None:
@@ -43,7 +61,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2, 3, 4])
     parser.add_argument("--variant", type=parse_variant, action="append",
-                        help="LABEL:KEY=VALUE ... config overrides (repeatable; default: the config as is)")
+                        help="LABEL:[--config FILE] KEY=VALUE ... a config file (default: --config) and overrides "
+                             "(repeatable; default: --config as is)")
     parser.add_argument("--config", type=Path, default=REPO / "configs" / "default.toml")
     parser.add_argument("--source", type=Path, default=os.environ.get("DOGCAT_SHARED_DATA"),
                         help="the Kaggle folder the dataset was prepared from (default: $DOGCAT_SHARED_DATA)")
@@ -53,10 +72,11 @@ def main() -> None:
     variants = args.variant or [("default recipe", [])]
 
     rows, summaries = [], []
-    for label, overrides in variants:
+    for label, tokens in variants:
+        config_path, overrides = variant_config(tokens, args.config)
         scores = []
         for seed in args.seeds:
-            config = load_config(args.config, [*overrides, f"train.seed={seed}"])
+            config = load_config(config_path, [*overrides, f"train.seed={seed}"])
             outside = outside_photos(args.source, Path(config.data.dir))
             with tempfile.TemporaryDirectory() as tmp:
                 run_dir = train(config, Path(tmp) / "run", log=lambda line: None, progress=False)
@@ -76,7 +96,7 @@ def main() -> None:
         tests, extras = [t for t, _ in scores], [e for _, e in scores]
         reaching = sum(t["accuracy"] >= 0.99 and t["log_loss"] <= 0.035 for t in tests)
         summaries.append(
-            f"| {label} | {' '.join(overrides) or '(none)'} | {len(scores)} | {spread([t['accuracy'] for t in tests])} | "
+            f"| {label} | {' '.join(tokens) or '(none)'} | {len(scores)} | {spread([t['accuracy'] for t in tests])} | "
             f"{spread([t['log_loss'] for t in tests])} | {spread([e['accuracy'] for e in extras])} | "
             f"{spread([e['log_loss'] for e in extras])} | {reaching} of {len(tests)} |"
         )
@@ -96,7 +116,7 @@ def main() -> None:
     ])
     print(body)
     command = "python benchmarks/seeds.py --seeds " + " ".join(map(str, args.seeds)) + "".join(
-        f' --variant "{label}:{" ".join(overrides)}"' for label, overrides in (args.variant or []))
+        f' --variant "{label}:{" ".join(tokens)}"' for label, tokens in (args.variant or []))
     write_section("Accuracy across training seeds", command, body, ("keras", "tensorflow-cpu", "onnxruntime"))
 
 
