@@ -45,7 +45,7 @@ def tune(session: nox.Session) -> None:
 @nox.session
 def mutations(session: nox.Session) -> None:
     """Break the code on purpose (tests/mutations.py) and check the tests catch each break; on demand only."""
-    session.install("-e", ".[tensorflow]", *nox.project.dependency_groups(PYPROJECT, "test"))
+    session.install("-e", ".[tensorflow,tune]", *nox.project.dependency_groups(PYPROJECT, "test"))
     session.run("python", "tests/mutations.py", *session.posargs, env={"KERAS_BACKEND": "tensorflow"})
 
 

@@ -218,7 +218,7 @@ class _Objective:
         started = time.perf_counter()
         try:
             if not _finished(run_dir):  # a trial cut short after its training finished is only scored
-                train(config, run_dir, log=lambda line: self.log(f"trial {trial.number}: {line}"),
+                train(config, run_dir, log=lambda line: self._log_train(trial.number, line),
                       progress=self.progress, deployable=False)
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
@@ -231,6 +231,11 @@ class _Objective:
         for name in TRIAL_HEAVY_FILES:
             (run_dir / name).unlink(missing_ok=True)
         return float(val_loss)
+
+
+    def _log_train(self, number: int, line: str) -> None:
+        if not line.startswith("model: "):  # a trial's model file is deleted once it is scored
+            self.log(f"trial {number}: {line}")
 
 
 def _suggest(trial, space: tuple[Param, ...]) -> dict[str, Any]:

@@ -106,6 +106,48 @@ MUTATIONS = [
         ("tests/test_explain.py::test_grad_cam_is_zero_where_nothing_speaks_for_the_class",
          "tests/test_explain.py::test_numpy_heatmap_is_the_autodiff_grad_cam"),
     ),
+    # dogcat tune (needs the tune extra; `nox -s mutations` installs it).
+    Mutation(
+        "tune resume reruns the finished trials", "dogcat/tune.py",
+        "        done = _count(study, TrialState.COMPLETE)\n", "        done = 0\n",
+        ("tests/test_tune.py::test_resumed_search_runs_only_the_missing_trials",),
+    ),
+    Mutation(
+        "tune resume replays the first session's proposals", "dogcat/tune.py",
+        "default_rng([seed, len(study.trials)])", "default_rng([seed, 0])",
+        ("tests/test_tune.py::test_resumed_search_runs_only_the_missing_trials",),
+    ),
+    Mutation(
+        "tune never requeues an interrupted trial", "dogcat/tune.py",
+        '    retried = {t.user_attrs.get("retry_of") for t in study.trials}\n', "    return\n",
+        ("tests/test_tune.py::test_interrupted_trial_is_retried_with_its_parameters_and_finished_ones_are_not",
+         "tests/test_tune.py::test_trial_left_running_by_a_killed_process_is_failed_and_retried"),
+    ),
+    Mutation(
+        "tune retries an interrupted trial in a new run folder", "dogcat/tune.py",
+        'folder = trial.user_attrs.get("run_dir", f"trials/{trial.number:04d}")', 'folder = f"trials/{trial.number:04d}"',
+        ("tests/test_tune.py::test_interrupted_trial_is_retried_with_its_parameters_and_finished_ones_are_not",),
+    ),
+    Mutation(
+        "tune sampler unseeded", "dogcat/tune.py",
+        "optuna.samplers.TPESampler(seed=sampler_seed)", "optuna.samplers.TPESampler(seed=None)",
+        ("tests/test_tune.py::test_same_seed_proposes_the_same_trials",),
+    ),
+    Mutation(
+        "tune best.toml is the worst trial", "dogcat/tune.py",
+        "best = min(complete, key=lambda t: t.value)", "best = max(complete, key=lambda t: t.value)",
+        ("tests/test_tune.py::test_search_writes_one_row_per_trial_and_a_best_config_that_trains",),
+    ),
+    Mutation(
+        "tune scores the uncalibrated val loss", "dogcat/tune.py",
+        'val_loss = calibration["val_loss_after"] if calibration else metrics["val_loss"]', 'val_loss = metrics["val_loss"]',
+        ("tests/test_tune.py::test_search_writes_one_row_per_trial_and_a_best_config_that_trains",),
+    ),
+    Mutation(
+        "train(deployable=False) still exports and fits the detector", "dogcat/train.py",
+        "    if deployable:\n", "    if True:\n",
+        ("tests/test_tune.py::test_search_writes_one_row_per_trial_and_a_best_config_that_trains",),
+    ),
 ]
 
 

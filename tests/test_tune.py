@@ -4,6 +4,7 @@ bookkeeping (resume, interrupted trials, seeding, the CLI) with a stand-in for `
 import csv
 import json
 import math
+import sys
 
 import pytest
 
@@ -12,7 +13,6 @@ from dogcat.config import load_config
 from dogcat.tune import SPACE, STUDY_NAME, TuneError, trial_config, tune
 from tests.conftest import TINY_SIZE
 
-optuna = pytest.importorskip("optuna")
 pytestmark = [pytest.mark.tune, pytest.mark.slow]
 
 
@@ -25,6 +25,12 @@ def _base(data_dir, *extra):
 def _rows(out):
     with (out / "trials.csv").open(newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def _study(out):
+    import optuna  # here, not at the top: `nox -s tests` collects this file without Optuna installed
+
+    return optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{out / 'study.db'}")
 
 
 def _params(row):
@@ -65,7 +71,7 @@ def test_search_writes_one_row_per_trial_and_a_best_config_that_trains(tmp_path,
     rows = _rows(out)
     assert [(row["number"], row["state"]) for row in rows] == [("0", "COMPLETE"), ("1", "COMPLETE")]
     assert rows[0]["note"] == "the base config"  # trial 0 is the recipe the search must beat
-    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{out / 'study.db'}")
+    study = _study(out)
     assert trial_config(base, study.trials[0].params) == base
     for row, trial in zip(rows, study.trials, strict=True):
         run = out / row["run_dir"]
@@ -131,7 +137,7 @@ def test_trial_left_running_by_a_killed_process_is_failed_and_retried(tmp_path, 
     out = tmp_path / "search"
     tune(base, 1, out, log=lambda _: None)
     # What a process killed mid-trial leaves behind: a RUNNING trial with its parameters drawn.
-    study = optuna.load_study(study_name=STUDY_NAME, storage=f"sqlite:///{out / 'study.db'}")
+    study = _study(out)
     killed = study.ask()
     params = _suggest(killed, SPACE)
     killed.set_user_attr("run_dir", "trials/0001")
@@ -180,3 +186,13 @@ def test_cli_runs_resumes_and_reports_interruption(tmp_path, tiny_dataset, fake_
     assert error.startswith("dogcat: error: ")
     assert error.endswith(f"Received: out={str(out)!r}")
     assert main(["tune", "--trials", "0", "--out", str(tmp_path / "none")]) == 2
+
+
+def test_without_optuna_the_error_says_what_to_install(tmp_path, tiny_dataset, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "optuna", None)
+    with pytest.raises(TuneError, match=r"pip install 'dogcat\[tune\]'"):
+        tune(_base(tiny_dataset), 1, tmp_path / "search")
+    config = tmp_path / "base.toml"
+    config.write_text(_base(tiny_dataset).to_toml())
+    assert main(["tune", "--config", str(config), "--out", str(tmp_path / "search")]) == 2
+    assert "pip install 'dogcat[tune]'" in capsys.readouterr().err
