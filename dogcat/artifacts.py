@@ -24,6 +24,7 @@ CLASS_NAMES = {0: "cat", 1: "dog"}
 MODEL_FILENAME = "dog_cat_classifier.keras"
 CLASS_NAMES_FILENAME = "class_names.pkl"
 ONNX_FILENAME = "dog_cat_classifier.onnx"  # written by `dogcat export` beside the .keras
+INT8_ONNX_FILENAME = "dog_cat_classifier.int8.onnx"  # `dogcat export --int8`: the bulk runtime (dogcat.export)
 DETECTOR_FILENAME = "dog_cat_detector.npz"  # the "neither" detector (dogcat.verdict) beside the .keras
 # A real class_names.pkl is ~40 bytes and one level deep; these leave room and still bound the work.
 MAX_CLASS_NAMES_BYTES = 64 * 1024

@@ -5,9 +5,10 @@ the model and decodes through dogcat.preprocessing, so serving cannot drift from
 One unreadable file becomes a `Prediction` with an `error`; the others are still predicted.
 A `Classifier` can be shared between threads (a Streamlit process serves many sessions).
 
-The network runs on one of two runtimes: Keras (the reference) or ONNX Runtime, which is
-faster per photo on a CPU. `from_path` picks ONNX when `dogcat export` has written a
-`dog_cat_classifier.onnx` beside the `.keras` that still matches it, else Keras.
+The network runs on one of three runtimes: Keras (the reference), ONNX Runtime, which is
+faster per photo on a CPU, or ONNX Runtime on the int8 twin, for bulk work (`onnx-int8`).
+`from_path` picks ONNX when `dogcat export` has written a `dog_cat_classifier.onnx` beside the
+`.keras` that still matches it, else Keras; int8 is used only when asked for.
 Keras is imported only when the Keras runtime is used. Both runtimes return the probabilities
 and the pooled features, from which dogcat.verdict decides each photo's verdict, and, only when
 asked (`explain=True`), a Grad-CAM heatmap of where the model looked (dogcat.explain).
@@ -26,6 +27,7 @@ import numpy as np
 
 from dogcat.artifacts import (
     CLASS_NAMES_FILENAME,
+    INT8_ONNX_FILENAME,
     MODEL_FILENAME,
     ONNX_FILENAME,
     ArtifactError,
@@ -78,7 +80,10 @@ class Prediction:
         return None if self.probabilities is None else max(self.probabilities.values())
 
 
-RUNTIMES = ("auto", "keras", "onnx")
+RUNTIMES = ("auto", "keras", "onnx", "onnx-int8")
+# int8 flips labels only near the boundary: a photo whose int8 top probability is under this is
+# scored again in float32 (about 2% of cats and dogs; benchmarks/batch.py).
+INT8_RECHECK_BELOW = 0.8
 
 
 class KerasRunner:
@@ -125,15 +130,20 @@ class KerasRunner:
 
 
 class OnnxRunner:
-    """ONNX Runtime on the file `dogcat export` wrote; `InferenceSession.run` is thread-safe."""
+    """ONNX Runtime on the file `dogcat export` wrote; `InferenceSession.run` is thread-safe.
 
-    name = "onnx"
+    With `recheck` (the float32 runner beside an int8 file), photos the int8 network is unsure
+    of (top probability under INT8_RECHECK_BELOW) are scored again by `recheck`, so int8 keeps
+    float32's labels where quantization would flip them, for a few percent more work.
+    """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, recheck: OnnxRunner | None = None):
         import onnxruntime
 
         self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         self.metadata = self.session.get_modelmeta().custom_metadata_map
+        self.name = "onnx-int8" if self.metadata.get("dogcat_precision") == "int8" else "onnx"
+        self.recheck = recheck
         self.input_name = self.session.get_inputs()[0].name
         self.image_size = int(self.metadata["dogcat_image_size"])
         self.num_outputs = int(self.session.get_outputs()[0].shape[-1])
@@ -150,22 +160,41 @@ class OnnxRunner:
         extra = [FEATURE_MAP, LOGIT_GRADIENTS] if explain else []
         results = self.session.run(self.outputs + extra, {self.input_name: images})
         maps = grad_cam(*results[-2:]) if explain else None
-        return results[0], (results[1] if len(self.outputs) > 1 else None), maps
+        probabilities, features = results[0], (results[1] if len(self.outputs) > 1 else None)
+        unsure = np.flatnonzero(probabilities.max(axis=1) < INT8_RECHECK_BELOW) if self.recheck else []
+        if len(unsure):
+            again = self.recheck(images[unsure], explain)
+            probabilities[unsure] = again[0]
+            if features is not None:
+                features[unsure] = again[1]
+            if explain:
+                maps[unsure] = again[2]
+        return probabilities, features, maps
 
 
-def onnx_runner_for(model_path: Path) -> OnnxRunner | str:
-    """The ONNX runner for `model_path`'s exported twin, or why there is none."""
-    onnx_path = model_path.with_name(ONNX_FILENAME)
+def onnx_runner_for(model_path: Path, int8: bool = False) -> OnnxRunner | str:
+    """The ONNX runner for `model_path`'s exported twin (the int8 one with `int8`), or why there is none."""
+    filename = INT8_ONNX_FILENAME if int8 else ONNX_FILENAME
+    onnx_path = model_path.with_name(filename)
     if not onnx_path.is_file():
-        return f"no {ONNX_FILENAME} beside the model (run `dogcat export {model_path}`)"
+        command = f"dogcat export --int8 {model_path} --data DATA_DIR" if int8 else f"dogcat export {model_path}"
+        return f"no {filename} beside the model (run `{command}`)"
+    recheck = None
+    if int8:
+        recheck = onnx_runner_for(model_path)  # the float twin re-scores what int8 is unsure of
+        if not isinstance(recheck, OnnxRunner):
+            return f"the int8 twin needs the float32 one beside it: {recheck}"
     try:
-        runner = OnnxRunner(onnx_path)
+        runner = OnnxRunner(onnx_path, recheck)
     except ImportError:
         return "onnxruntime is not installed"
     except Exception as error:  # a damaged file: fall back rather than fail
         return f"{onnx_path} could not be loaded ({type(error).__name__})"
     if runner.metadata.get("dogcat_keras_sha256") != file_sha256(model_path):
-        return f"{onnx_path} was exported from a different .keras file (run `dogcat export {model_path}` again)"
+        again = f"dogcat export --int8 {model_path} --data DATA_DIR" if int8 else f"dogcat export {model_path}"
+        return f"{onnx_path} was exported from a different .keras file (run `{again}` again)"
+    if (runner.name == "onnx-int8") != int8:
+        return f"{onnx_path} is {'not ' if int8 else ''}an int8 export"
     return runner
 
 
@@ -202,8 +231,8 @@ class Classifier:
     ) -> Classifier:
         """Load a `.keras` model (or its ONNX twin) and the `class_names.pkl` beside it.
 
-        `runtime`: "auto" (ONNX if a matching export exists, else Keras), "keras" or "onnx";
-        default $DOGCAT_RUNTIME, else "auto".
+        `runtime`: "auto" (ONNX if a matching export exists, else Keras), "keras", "onnx" or
+        "onnx-int8" (the int8 twin, for bulk work); default $DOGCAT_RUNTIME, else "auto".
         """
         runtime = runtime or os.environ.get("DOGCAT_RUNTIME") or "auto"
         if runtime not in RUNTIMES:
@@ -217,11 +246,11 @@ class Classifier:
         class_names = load_class_names(class_names_path)  # before the model: cheap, and refuses bad files early
         runner = None
         if runtime != "keras":
-            onnx = onnx_runner_for(model_path)
+            onnx = onnx_runner_for(model_path, int8=runtime == "onnx-int8")
             if isinstance(onnx, OnnxRunner):
                 runner = onnx
-            elif runtime == "onnx":
-                raise ArtifactError(f"Cannot use the ONNX runtime: {onnx}. Received: runtime='onnx'")
+            elif runtime != "auto":
+                raise ArtifactError(f"Cannot use the {runtime} runtime: {onnx}. Received: runtime={runtime!r}")
         if runner is None:
             from dogcat.model import load_model
 
@@ -287,7 +316,7 @@ class Classifier:
         return results
 
     def _no_explanation(self) -> str:
-        if self.runtime == "onnx":
+        if self.runtime.startswith("onnx"):
             return "its ONNX export predates explanations: run `dogcat export` on the .keras again"
         return "not a dogcat classifier"
 
