@@ -128,6 +128,8 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--trials", type=int, default=30, help="finished trials in total, resumed ones included (default: 30)")
     tune.add_argument("--out", type=Path, help="search folder (default: <train.output_dir>/tune-<UTC time>)")
     tune.add_argument("--seed", type=int, help="the sampler's seed (default: train.seed)")
+    tune.add_argument("--cache-gib", type=float, default=3.0,
+                      help="memory for trunk activations shared between trials (default: 3; 0 shares none)")
     tune.set_defaults(handler=_tune)
 
     evaluate = commands.add_parser("evaluate", help="score a model on a labelled split")
@@ -248,7 +250,7 @@ def _tune(args: argparse.Namespace) -> int:
     config = load_config(config_path, args.overrides)
     out = args.out or default_out(config)
     try:
-        tune(config, args.trials, out, seed=args.seed)
+        tune(config, args.trials, out, seed=args.seed, memo_bytes=int(args.cache_gib * 2**30))
     except (TuneError, TrainError) as error:
         print(f"dogcat: error: {error}", file=sys.stderr)
         return EXIT_USAGE

@@ -16,7 +16,7 @@ cached activations is exactly training the whole model on augmentation drawn fro
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 
 import keras
 import numpy as np
@@ -85,13 +85,29 @@ def trunk_function(model: keras.Model, fine_tune_blocks: int) -> tuple[Callable[
 def cache_activations(
     trunk: Callable[[np.ndarray], np.ndarray], images: np.ndarray, config: ModelConfig, views: int, seed: int,
     desc: str = "caching", progress: bool = True, batch_size: int = 64,
+    memo: MutableMapping[tuple, np.ndarray] | None = None, memo_key: tuple = (),
 ) -> np.ndarray:
-    """float32 (views, N, *activation shape): `trunk`'s output for every view of every image."""
+    """float32 (views, N, *activation shape): `trunk`'s output for every view of every image.
+
+    `memo` (a mapping the caller keeps across runs, e.g. dogcat.tune across its trials) holds
+    each view under `memo_key` + (view, and for views 1.. the flip and rotation that draw it), and
+    a view found there is not computed again. `memo_key` must name everything else the
+    activations depend on (images, trunk, seed); view 0 is the same for any augmentation.
+    """
+    keys = view_keys(config, views, memo_key)
+    missing = [view for view in range(views) if memo is None or keys[view] not in memo]
     shape: tuple[int, ...] | None = None
     cache = np.empty(0, dtype=np.float32)
-    steps = views * math.ceil(len(images) / batch_size)
+    steps = len(missing) * math.ceil(len(images) / batch_size)
     with tqdm(total=steps, desc=desc, unit="batch", disable=not progress) as bar:
         for view in range(views):
+            if view not in missing:
+                activations = memo[keys[view]]
+                if shape is None:
+                    shape = activations.shape[1:]
+                    cache = np.empty((views, len(images), *shape), dtype=np.float32)
+                cache[view] = activations
+                continue
             start = 0
             for batch in augmented_views(images, config, view, seed, batch_size):
                 activations = trunk(batch)
@@ -101,7 +117,14 @@ def cache_activations(
                 cache[view, start : start + len(batch)] = activations
                 start += len(batch)
                 bar.update()
+            if memo is not None:
+                memo[keys[view]] = cache[view].copy()
     return cache
+
+
+def view_keys(config: ModelConfig, views: int, memo_key: tuple = ()) -> list[tuple]:
+    """The key of each view in a `cache_activations` memo: `memo_key` + (view, flip, rotation), view 0 without augmentation."""
+    return [(*memo_key, view, *((config.flip, config.rotation) if view else ())) for view in range(views)]
 
 
 class CachedViews(keras.utils.PyDataset):

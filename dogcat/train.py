@@ -26,7 +26,7 @@ import hashlib
 import io
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -47,7 +47,7 @@ from dogcat.config import Config, load_config, validate_config
 from dogcat.data import LABELS, Split, read_split
 from dogcat.dataset import ImageBatches, decode_all
 from dogcat.export import export_onnx
-from dogcat.features import CachedViews, cache_activations, split_model, trunk_function
+from dogcat.features import CachedViews, cache_activations, split_model, trunk_function, view_keys
 from dogcat.model import build_model, set_fine_tuning
 from dogcat.verdict import fit_detector_beside
 
@@ -65,12 +65,14 @@ def default_run_dir(config: Config) -> Path:
 
 
 def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str], None] = print, progress: bool = True,
-          deployable: bool = True) -> Path:
+          deployable: bool = True, activation_memo: MutableMapping[tuple, np.ndarray] | None = None) -> Path:
     """Train (or resume) a run; returns the run folder.
 
     `deployable=False` skips the ONNX twin and the "neither" detector: a tuning trial
     (dogcat.tune) is scored on its validation loss and never served, and the detector alone runs
     every training and validation photo through the whole network once more.
+    `activation_memo`, a mapping kept across runs on the same unchanged dataset (dogcat.tune's
+    trials), lends each run the cached views an earlier run computed (dogcat.features.cache_activations).
     """
     validate_config(config)  # load_config already did; this covers a Config built in Python
     splits = read_splits(config.data.dir)  # before the run folder exists: a bad data folder leaves nothing behind
@@ -97,7 +99,7 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
     model = build_model(config.model, size, len(CLASS_NAMES), seed=tc.seed)
     if state["epoch"] > 0:
         model.load_weights(run_dir / CHECKPOINT_FILENAME)
-    fitted, train_batches, val_batches = _fit_inputs(config, splits, model, progress, log)
+    fitted, train_batches, val_batches = _fit_inputs(config, splits, model, progress, log, activation_memo)
     setup_seconds = time.perf_counter() - started_at
     history = _read_history(run_dir / "history.csv") if state["epoch"] > 0 else []
 
@@ -232,7 +234,8 @@ def read_splits(data_dir: str | Path) -> dict[str, Split]:
     return splits
 
 
-def _fit_inputs(config: Config, splits: dict[str, Split], model: keras.Model, progress: bool, log: Callable[[str], None]):
+def _fit_inputs(config: Config, splits: dict[str, Split], model: keras.Model, progress: bool, log: Callable[[str], None],
+                memo: MutableMapping[tuple, np.ndarray] | None = None):
     """(model to fit, train batches, val batches).
 
     With `train.views`, the top of the network on cached frozen-trunk activations (see
@@ -248,10 +251,15 @@ def _fit_inputs(config: Config, splits: dict[str, Split], model: keras.Model, pr
     started = time.perf_counter()
     _, top = split_model(model, config.model.fine_tune_blocks)
     trunk, runtime = trunk_function(model, config.model.fine_tune_blocks)
-    train_cache = cache_activations(trunk, train_images, config.model, tc.views, tc.seed, "caching train", progress)
-    val_cache = cache_activations(trunk, val_images, config.model, 1, tc.seed, "caching val", progress)
+    # Everything the activations depend on besides the view and its augmentation.
+    key = (str(Path(config.data.dir).resolve()), size, config.model.weights, config.model.fine_tune_blocks, tc.seed)
+    reused = 0 if memo is None else sum(k in memo for k in view_keys(config.model, tc.views, (*key, "train")))
+    train_cache = cache_activations(trunk, train_images, config.model, tc.views, tc.seed, "caching train", progress,
+                                    memo=memo, memo_key=(*key, "train"))
+    val_cache = cache_activations(trunk, val_images, config.model, 1, tc.seed, "caching val", progress,
+                                  memo=memo, memo_key=(*key, "val"))
     log(f"cached the frozen trunk's output for {tc.views} views of {len(train_images)} training images "
-        f"({runtime}, {time.perf_counter() - started:.0f}s)")
+        f"({runtime}, {time.perf_counter() - started:.0f}s{f', {reused} reused' if reused else ''})")
     return (top, CachedViews(train_cache, train_split.labels, tc.batch_size, True, tc.seed),
             CachedViews(val_cache, val_split.labels, tc.batch_size))
 

@@ -144,6 +144,28 @@ MUTATIONS = [
         ("tests/test_tune.py::test_search_writes_one_row_per_trial_and_a_best_config_that_trains",),
     ),
     Mutation(
+        "activation memo key ignores the rotation", "dogcat/features.py",
+        "return [(*memo_key, view, *((config.flip, config.rotation) if view else ())) for view in range(views)]",
+        "return [(*memo_key, view) for view in range(views)]",
+        ("tests/test_tune.py::test_trials_share_cached_views_and_train_as_without_them",),
+    ),
+    Mutation(
+        "activation memo stores view 0 for every view", "dogcat/features.py",
+        "memo[keys[view]] = cache[view].copy()", "memo[keys[view]] = cache[0].copy()",
+        ("tests/test_tune.py::test_trials_share_cached_views_and_train_as_without_them",),
+    ),
+    Mutation(
+        "tune's activation memo forgets the most recently read view", "dogcat/tune.py",
+        "        value = super().pop(key)\n        super().__setitem__(key, value)  # now the most recently used\n",
+        "        value = super().__getitem__(key)\n",
+        ("tests/test_tune.py::test_memo_forgets_the_least_recently_used_views_past_its_budget",),
+    ),
+    Mutation(
+        "tune's trials share no activations", "dogcat/tune.py",
+        "deployable=False, activation_memo=self.memo)", "deployable=False, activation_memo=None)",
+        ("tests/test_tune.py::test_search_writes_one_row_per_trial_and_a_best_config_that_trains",),
+    ),
+    Mutation(
         "train(deployable=False) still exports and fits the detector", "dogcat/train.py",
         "    if deployable:\n", "    if True:\n",
         ("tests/test_tune.py::test_search_writes_one_row_per_trial_and_a_best_config_that_trains",),

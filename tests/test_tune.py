@@ -47,7 +47,7 @@ def fake_train(monkeypatch):
         def __init__(self):
             self.calls, self.interrupt_on = [], None
 
-        def __call__(self, config, run_dir, log=print, progress=True, deployable=True):
+        def __call__(self, config, run_dir, log=print, progress=True, deployable=True, activation_memo=None):
             self.calls.append((run_dir.name, config))
             if len(self.calls) == self.interrupt_on:
                 raise KeyboardInterrupt
@@ -66,7 +66,8 @@ def fake_train(monkeypatch):
 def test_search_writes_one_row_per_trial_and_a_best_config_that_trains(tmp_path, tiny_dataset, varied_base_weights):
     # A varied base (weights=none gives every photo [0.5, 0.5]), so trials differ in val loss.
     base = _base(tiny_dataset, f'model.weights="{varied_base_weights}"', "train.early_stopping_patience=1")
-    out = tune(base, 2, tmp_path / "search", log=lambda _: None, progress=False)
+    lines = []
+    out = tune(base, 2, tmp_path / "search", log=lines.append, progress=False)
 
     rows = _rows(out)
     assert [(row["number"], row["state"]) for row in rows] == [("0", "COMPLETE"), ("1", "COMPLETE")]
@@ -83,6 +84,10 @@ def test_search_writes_one_row_per_trial_and_a_best_config_that_trains(tmp_path,
         assert load_config(run / "config.toml") == trial_config(base, trial.params)
         assert not {"dog_cat_classifier.keras", "best.weights.h5", "dog_cat_classifier.onnx",
                     "dog_cat_detector.npz"} & {p.name for p in run.iterdir()}
+    # Trial 1 borrows trial 0's cached views when both fine-tune as many blocks (they do, with seed 42).
+    cached = next(line for line in lines if line.startswith("trial 1: cached the frozen trunk's output"))
+    same_blocks = rows[0]["model.fine_tune_blocks"] == rows[1]["model.fine_tune_blocks"]
+    assert ("reused)" in cached) == same_blocks
 
     best_row = min(rows, key=lambda row: float(row["val_loss"]))
     best = load_config(out / "best.toml")
@@ -196,3 +201,41 @@ def test_without_optuna_the_error_says_what_to_install(tmp_path, tiny_dataset, m
     config.write_text(_base(tiny_dataset).to_toml())
     assert main(["tune", "--config", str(config), "--out", str(tmp_path / "search")]) == 2
     assert "pip install 'dogcat[tune]'" in capsys.readouterr().err
+
+
+def test_trials_share_cached_views_and_train_as_without_them(tmp_path, tiny_dataset, varied_base_weights):
+    from dogcat.train import train
+    from dogcat.tune import _Memo
+
+    def run(name, rotation, memo):
+        config = _base(tiny_dataset, f'model.weights="{varied_base_weights}"', "train.epochs=2", "train.head_epochs=1",
+                       "train.batch_size=8", f"model.rotation={rotation}")
+        lines = []
+        folder = train(config, tmp_path / name, log=lines.append, progress=False, deployable=False, activation_memo=memo)
+        cached = next(line for line in lines if line.startswith("cached the frozen trunk's output"))
+        return (folder / "history.csv").read_text().splitlines(), cached
+
+    memo = _Memo(2**30)
+    first, cached = run("first", 0.05, memo)
+    assert "reused" not in cached
+    again, cached = run("again", 0.05, memo)
+    assert cached.endswith(", 2 reused)")
+    assert [row.split(",")[:6] for row in again] == [row.split(",")[:6] for row in first]  # all but the seconds
+    rotated, cached = run("rotated", 0.1, memo)  # view 0 is shared; view 1 is drawn with the new rotation
+    assert cached.endswith(", 1 reused)")
+    alone, _ = run("alone", 0.1, None)
+    assert [row.split(",")[:6] for row in rotated] == [row.split(",")[:6] for row in alone]
+    assert [row.split(",")[:6] for row in rotated] != [row.split(",")[:6] for row in first]
+
+
+def test_memo_forgets_the_least_recently_used_views_past_its_budget():
+    import numpy as np
+
+    from dogcat.tune import _Memo
+
+    memo = _Memo(3 * 400)  # three 100-float32 arrays
+    for key in "abc":
+        memo[key] = np.zeros(100, dtype=np.float32)
+    memo["a"]  # a read makes "a" the most recently used
+    memo["d"] = np.zeros(100, dtype=np.float32)
+    assert list(memo) == ["c", "a", "d"]
