@@ -147,6 +147,8 @@ def tune(
         raise TuneError(f"The search needs at least 1 trial. Received: trials={trials}")
     validate_config(config)
     seed = config.train.seed if seed is None else seed
+    if not 0 <= seed <= 2**31 - 2:  # train.seed's range
+        raise TuneError(f"The sampler seed must be in [0, 2**31 - 2]. Received: seed={seed}")
     out = Path(out) if out is not None else default_out(config)
     base_path = out / "config.toml"
     if base_path.is_file():

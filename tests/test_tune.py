@@ -191,6 +191,8 @@ def test_cli_runs_resumes_and_reports_interruption(tmp_path, tiny_dataset, fake_
     assert error.startswith("dogcat: error: ")
     assert error.endswith(f"Received: out={str(out)!r}")
     assert main(["tune", "--trials", "0", "--out", str(tmp_path / "none")]) == 2
+    assert main(["tune", "--config", str(config), "--seed", "-1", "--out", str(tmp_path / "none")]) == 2
+    assert capsys.readouterr().err.strip().endswith("Received: seed=-1")
 
 
 def test_without_optuna_the_error_says_what_to_install(tmp_path, tiny_dataset, monkeypatch, capsys):
