@@ -27,13 +27,20 @@ def tests(session: nox.Session, backend: str) -> None:
     if backend == "jax":
         env["DOGCAT_EXPECT_NO_TENSORFLOW"] = "1"
     extras = f"{backend},streamlit,gradio"
-    _install_and_test(session, extras, env, "-m", "not portability and not tune")
+    _install_and_test(session, extras, env, "-m", "not portability and not tune and not bulk")
 
 
 @nox.session
 def portability(session: nox.Session) -> None:
     """Save models on one backend and load them on the other, one process per backend."""
     _install_and_test(session, "tensorflow,jax", {"DOGCAT_REQUIRE_BOTH_BACKENDS": "1"}, "-m", "portability")
+
+
+@nox.session
+def bulk(session: nox.Session) -> None:
+    """Bulk work (the ray extra): the int8 twin's contract on real photos and `dogcat batch` on a Ray
+    cluster the tests start; ONNX Runtime only, so no Keras backend is installed."""
+    _install_and_test(session, "ray", {}, "-m", "bulk")
 
 
 @nox.session
@@ -45,7 +52,7 @@ def tune(session: nox.Session) -> None:
 @nox.session
 def mutations(session: nox.Session) -> None:
     """Break the code on purpose (tests/mutations.py) and check the tests catch each break; on demand only."""
-    session.install("-e", ".[tensorflow,tune]", *nox.project.dependency_groups(PYPROJECT, "test"))
+    session.install("-e", ".[tensorflow,tune,ray]", *nox.project.dependency_groups(PYPROJECT, "test"))
     session.run("python", "tests/mutations.py", *session.posargs, env={"KERAS_BACKEND": "tensorflow"})
 
 

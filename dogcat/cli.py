@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import glob
 import json
 import os
 import sys
@@ -156,6 +155,18 @@ def _parser() -> argparse.ArgumentParser:
                               "(named in the output's `explanation` column)")
     predict.set_defaults(handler=_predict)
 
+    batch = commands.add_parser("batch", help="classify many files with Ray Data into Parquet; rerun to resume")
+    batch.add_argument("paths", nargs="+", help="files, folders (searched recursively), globs, or URIs pyarrow reads "
+                       "(s3://bucket/photos/)")
+    batch.add_argument("--out", required=True, help="output folder for the Parquet files (local or a URI); "
+                       "files already in it are skipped")
+    batch.add_argument("--model", type=Path, help="a .keras file with its ONNX twin beside it (default: the shipped model)")
+    batch.add_argument("--runtime", choices=["onnx", "onnx-int8"], default="onnx",
+                       help="onnx (default, float32) or onnx-int8 (about 2x faster; `export --int8` first)")
+    batch.add_argument("--address", help="join this Ray cluster (HOST:PORT of `ray start --head`); default: a local Ray")
+    batch.add_argument("--actors", type=int, help="ONNX Runtime actors (default: one per node)")
+    batch.set_defaults(handler=_batch)
+
     export = commands.add_parser("export", help="write the ONNX twin of a .keras model beside it (fast CPU inference)")
     export.add_argument("model", type=Path, nargs="?", help=".keras file (default: the shipped model)")
     export.add_argument("--out", type=Path, help="output .onnx path (default: dog_cat_classifier.onnx beside the model)")
@@ -273,7 +284,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from dogcat.data import DataError
+    from dogcat.data import DataError, expand_paths
     from dogcat.inference import Prediction
 
     skipped: list[Path] = []
@@ -349,6 +360,25 @@ def _detector_fit(args: argparse.Namespace) -> int:
     turn_away = PredictConfig.turn_away if args.turn_away is None else args.turn_away
     fit_detector_beside(args.model, args.data, turn_away)
     return 0
+
+
+def _batch(args: argparse.Namespace) -> int:
+    try:
+        import ray  # noqa: F401  (checked here, for a one-line message)
+
+        from dogcat.batch import run_batch
+    except ModuleNotFoundError as error:
+        if error.name != "ray":
+            raise
+        print("dogcat: error: dogcat batch needs Ray: pip install 'dogcat[ray]'", file=sys.stderr)
+        return EXIT_USAGE
+    report = run_batch(args.paths, args.out, args.model, args.runtime, args.address, args.actors,
+                       log=lambda line: print(line, file=sys.stderr))
+    print(report.summary())
+    if report.errors:
+        print(f"dogcat: {report.errors} file(s) could not be classified: their rows in {args.out} say why",
+              file=sys.stderr)
+    return EXIT_FILE_ERRORS if report.errors else 0
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -446,42 +476,6 @@ def _demo(args: argparse.Namespace) -> int:
     _warn_about_verdicts(module.CLASSIFIER)  # the app's own warning went to the parked stderr
     module.launch(server_name=args.host, server_port=args.port, share=args.share)
     return 0
-
-
-def expand_paths(patterns: list[str], skipped: list[Path] | None = None) -> tuple[list[str], list[str]]:
-    """Files as given, folders searched recursively for images, globs expanded; returns (found, missing).
-
-    `found` holds every path the decoder must answer for, readable or not: a fifo, a broken link,
-    a file without read permission, a folder named like an image, and a folder that cannot be
-    listed each get their own one-line reason from it, instead of a traceback or silence.
-    `skipped`, if given, receives the files inside folders left out for their extension (.heic, .pdf).
-    """
-    from dogcat.data import IMAGE_SUFFIXES, list_image_files
-
-    found: list[str] = []
-    missing: list[str] = []
-    for pattern in patterns:
-        path = Path(pattern)
-        try:
-            is_dir, exists = path.is_dir(), path.exists() or path.is_symlink()
-        except OSError:  # e.g. a parent folder without search permission: the decoder says so
-            found.append(pattern)
-            continue
-        if is_dir:
-            files, unreadable = list_image_files(path, skipped)
-            found.extend(str(p) for p in sorted(files + unreadable))
-            if not files and not unreadable and path.suffix.lower() in IMAGE_SUFFIXES:
-                found.append(pattern)  # `x.jpg/` was surely meant as a photo: the decoder says it is a folder
-        elif exists:
-            found.append(pattern)
-        elif glob.has_magic(pattern):
-            matches = sorted(glob.glob(pattern, recursive=True))
-            found.extend(m for m in matches if not os.path.isdir(m) or Path(m).suffix.lower() in IMAGE_SUFFIXES)
-            if not matches:
-                missing.append(pattern)
-        else:
-            missing.append(pattern)
-    return found, missing
 
 
 if __name__ == "__main__":

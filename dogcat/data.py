@@ -10,6 +10,7 @@ The same input and seed give a byte-identical manifest.
 from __future__ import annotations
 
 import csv
+import glob
 import hashlib
 import io
 import os
@@ -254,3 +255,37 @@ def read_split(data_dir: str | Path, split: str) -> Split:
     if not pairs:
         raise DataError(f"No images for split {split!r}. Received: data_dir={str(data_dir)!r}")
     return Split([p for p, _ in pairs], np.array([label for _, label in pairs], dtype=np.int32))
+
+
+def expand_paths(patterns: list[str], skipped: list[Path] | None = None) -> tuple[list[str], list[str]]:
+    """Files as given, folders searched recursively for images, globs expanded; returns (found, missing).
+
+    `found` holds every path the decoder must answer for, readable or not: a fifo, a broken link,
+    a file without read permission, a folder named like an image, and a folder that cannot be
+    listed each get their own one-line reason from it, instead of a traceback or silence.
+    `skipped`, if given, receives the files inside folders left out for their extension (.heic, .pdf).
+    """
+    found: list[str] = []
+    missing: list[str] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        try:
+            is_dir, exists = path.is_dir(), path.exists() or path.is_symlink()
+        except OSError:  # e.g. a parent folder without search permission: the decoder says so
+            found.append(pattern)
+            continue
+        if is_dir:
+            files, unreadable = list_image_files(path, skipped)
+            found.extend(str(p) for p in sorted(files + unreadable))
+            if not files and not unreadable and path.suffix.lower() in IMAGE_SUFFIXES:
+                found.append(pattern)  # `x.jpg/` was surely meant as a photo: the decoder says it is a folder
+        elif exists:
+            found.append(pattern)
+        elif glob.has_magic(pattern):
+            matches = sorted(glob.glob(pattern, recursive=True))
+            found.extend(m for m in matches if not os.path.isdir(m) or Path(m).suffix.lower() in IMAGE_SUFFIXES)
+            if not matches:
+                missing.append(pattern)
+        else:
+            missing.append(pattern)
+    return found, missing

@@ -179,13 +179,8 @@ def onnx_runner_for(model_path: Path, int8: bool = False) -> OnnxRunner | str:
     if not onnx_path.is_file():
         command = f"dogcat export --int8 {model_path} --data DATA_DIR" if int8 else f"dogcat export {model_path}"
         return f"no {filename} beside the model (run `{command}`)"
-    recheck = None
-    if int8:
-        recheck = onnx_runner_for(model_path)  # the float twin re-scores what int8 is unsure of
-        if not isinstance(recheck, OnnxRunner):
-            return f"the int8 twin needs the float32 one beside it: {recheck}"
     try:
-        runner = OnnxRunner(onnx_path, recheck)
+        runner = OnnxRunner(onnx_path)
     except ImportError:
         return "onnxruntime is not installed"
     except Exception as error:  # a damaged file: fall back rather than fail
@@ -195,6 +190,10 @@ def onnx_runner_for(model_path: Path, int8: bool = False) -> OnnxRunner | str:
         return f"{onnx_path} was exported from a different .keras file (run `{again}` again)"
     if (runner.name == "onnx-int8") != int8:
         return f"{onnx_path} is {'not ' if int8 else ''}an int8 export"
+    if int8:
+        runner.recheck = onnx_runner_for(model_path)  # the float twin re-scores what int8 is unsure of
+        if not isinstance(runner.recheck, OnnxRunner):
+            return f"the int8 twin needs the float32 one beside it: {runner.recheck}"
     return runner
 
 
@@ -321,14 +320,14 @@ class Classifier:
         return "not a dogcat classifier"
 
     def _decode_batch(self, sources: Sequence[ImageSource], names: list[str]):
-        """(names, each source as (uint8 image, size) or the one-line reason it could not be read)."""
-        decoded: list[tuple[np.ndarray, tuple[int, int]] | str] = []
-        for source, name in zip(sources, names, strict=True):
-            try:
-                decoded.append(decode_image_with_size(source, self.image_size))
-            except ImageError as error:
-                decoded.append(str(error).removeprefix(f"{name}: ").removeprefix("image: "))
-        return names, decoded
+        return names, decode_sources(sources, names, self.image_size)
+
+    def classify_decoded(self, names: list[str], decoded: list, rules: VerdictRules | None = None) -> list[Prediction]:
+        """Predictions for sources already decoded by `decode_sources` (a bulk job decodes in other
+        processes, dogcat.batch); the same scoring and verdicts as `predict`."""
+        return [p for start in range(0, len(names), self.batch_size)
+                for p in self._classify(names[start : start + self.batch_size],
+                                        decoded[start : start + self.batch_size], rules or self.rules)]
 
     def _classify(self, names: list[str], decoded: list, rules: VerdictRules, explain: bool = False) -> list[Prediction]:
         good = [item for item in decoded if not isinstance(item, str)]
@@ -362,6 +361,17 @@ class Classifier:
         """{class name: probability} for one image; raises ImageError with a one-line reason."""
         image = to_model_input(decode_image_with_size(source, self.image_size)[0])
         return {self.class_names[c]: float(p) for c, p in enumerate(self.predict_batch(image)[0])}
+
+
+def decode_sources(sources: Sequence[ImageSource], names: Sequence[str], image_size: int) -> list[tuple[np.ndarray, tuple[int, int]] | str]:
+    """Each source as (uint8 image, upright size) for the model, or the one-line reason it could not be read."""
+    decoded: list[tuple[np.ndarray, tuple[int, int]] | str] = []
+    for source, name in zip(sources, names, strict=True):
+        try:
+            decoded.append(decode_image_with_size(source, image_size))
+        except ImageError as error:
+            decoded.append(str(error).removeprefix(f"{name}: ").removeprefix("image: "))
+    return decoded
 
 
 def _describe(source: ImageSource) -> str:

@@ -170,6 +170,28 @@ MUTATIONS = [
         "    if deployable:\n", "    if True:\n",
         ("tests/test_tune.py::test_search_writes_one_row_per_trial_and_a_best_config_that_trains",),
     ),
+    # Bulk work (needs the ray extra; `nox -s mutations` installs it).
+    Mutation(
+        "int8 re-scores no unsure photo in float32", "dogcat/inference.py",
+        "if self.recheck else []", "if False else []",
+        ("tests/test_bulk.py::test_int8_keeps_float32s_labels_accuracy_and_log_loss_on_real_photos",),
+    ),
+    Mutation(
+        "int8 quantizes the last conv and the head too", "dogcat/export.py",
+        "nodes_to_exclude=[node.name for node in graph.node[last_conv:]]", "nodes_to_exclude=[]",
+        ("tests/test_bulk.py::test_int8_keeps_float32s_labels_accuracy_and_log_loss_on_real_photos",),
+    ),
+    Mutation(
+        "batch re-runs files already in the output", "dogcat/batch.py",
+        "todo = [path for path in found if path not in done]", "todo = found",
+        ("tests/test_bulk.py::test_batch_rerun_skips_done_files_and_sets_aside_a_cut_short_file",),
+    ),
+    Mutation(
+        "batch drops the rows of unreadable files", "dogcat/batch.py",
+        "        predictions = self.classifier.classify_decoded(paths, decoded)\n",
+        "        predictions = [p for p in self.classifier.classify_decoded(paths, decoded) if not p.error]\n",
+        ("tests/test_bulk.py::test_batch_on_a_cluster_gives_predicts_rows_and_an_error_row_per_bad_file",),
+    ),
 ]
 
 

@@ -22,7 +22,8 @@ import pytest
 from PIL import EpsImagePlugin, Image, ImageFile
 
 from dogcat import preprocessing
-from dogcat.cli import _app_command, expand_paths, main
+from dogcat.cli import _app_command, main
+from dogcat.data import expand_paths
 from dogcat.preprocessing import MAX_FILE_BYTES, ImageError, decode_image, load_image
 from tests.imagegen import encode, make_huge_png, make_pet
 
@@ -317,10 +318,10 @@ def test_predict_answers_every_unreadable_path_and_predicts_the_rest(tmp_path, k
         vanished.unlink()
         return found
 
-    import dogcat.cli
+    import dogcat.data
 
     monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setattr(dogcat.cli, "expand_paths", expand_then_delete)
+    monkeypatch.setattr(dogcat.data, "expand_paths", expand_then_delete)
     try:
         code = _without_hanging(main, ["predict", str(folder), str(locked_folder), "--json",
                                        "--model", str(tiny_model_dir / "dog_cat_classifier.keras")])
