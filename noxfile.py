@@ -10,7 +10,7 @@ nox.options.default_venv_backend = "uv|venv"
 nox.options.reuse_venv = "yes"
 
 PYPROJECT = nox.project.load_toml("pyproject.toml")
-nox.options.sessions = ["lint", "tests", "portability"]
+nox.options.sessions = ["lint", "tests", "portability", "bulk", "tune"]
 BACKENDS = ["tensorflow", "jax"]
 
 

@@ -1,0 +1,196 @@
+"""Bulk classification (#16): float32 vs int8, `dogcat predict` vs `dogcat batch` (Ray), in one run.
+
+    python benchmarks/batch.py [--files 2000] [--rounds 2] [--model models/dog_cat_classifier.keras]
+                               [--data data/dogcat-4k] [--source KAGGLE_TRAIN_DIR]
+
+Throughput, files per second, on the same `--files` Kaggle photos:
+- the network alone (ONNX Runtime on decoded photos, batches of 32): float32, the raw int8
+  graph, and the int8 runtime as served (int8 plus the float32 re-check of unsure photos);
+- `dogcat predict --csv` on the folder, a fresh process timed from start to exit, float32 and int8;
+- `dogcat batch` into a fresh output folder with a local Ray, float32 and int8: end to end, and
+  steady (the rate after start-up, from the difference with a 32-photo job: Ray and the actors
+  start in 10-20 s, which a job of millions of files pays once).
+The commands alternate over `--rounds` rounds, so drift in the machine's load hits all alike;
+medians are reported. Then the int8 contract: labels, accuracy and log loss against float32 on
+the test split and on the Kaggle photos outside the dataset, and the share called "neither".
+The int8 twin is written first if missing (`dogcat export --int8`, calibrated on `--data`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from benchmarks._results import write_section  # noqa: E402
+from benchmarks.accuracy import outside_photos  # noqa: E402
+
+
+def network_rates(model: Path, images: np.ndarray, repeats: int = 3) -> dict[str, float]:
+    """Files/s of the three ONNX networks on decoded photos, best of `repeats` passes each, interleaved."""
+    import onnxruntime
+
+    from dogcat.inference import Classifier
+    from dogcat.preprocessing import to_model_input
+
+    inputs = to_model_input(images)
+    float_session = onnxruntime.InferenceSession(str(model.with_name("dog_cat_classifier.onnx")))
+    int8_session = onnxruntime.InferenceSession(str(model.with_name("dog_cat_classifier.int8.onnx")))
+    int8_runtime = Classifier.from_path(model, runtime="onnx-int8")
+    runs = {
+        "float32": lambda batch: float_session.run(["probabilities", "features"], {"image": batch}),
+        "int8 graph": lambda batch: int8_session.run(["probabilities", "features"], {"image": batch}),
+        "int8 runtime (with re-check)": lambda batch: int8_runtime.runner(batch),
+    }
+    best = {name: 0.0 for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            run(inputs[:32])
+            started = time.perf_counter()
+            for start in range(0, len(inputs), 32):
+                run(inputs[start : start + 32])
+            best[name] = max(best[name], len(inputs) / (time.perf_counter() - started))
+    return best
+
+
+def timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                   env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    return time.perf_counter() - started
+
+
+def contract(model: Path, data: Path, source: Path) -> list[str]:
+    """Markdown rows: float32 vs int8 on the test split and the outside photos."""
+    from dogcat.data import read_split
+    from dogcat.inference import Classifier
+
+    test = read_split(data, "test")
+    sets = {"test split": (test.paths, test.labels), "Kaggle photos outside the dataset": outside_photos(source, data)}
+    classifiers = {runtime: Classifier.from_path(model, runtime=runtime) for runtime in ("onnx", "onnx-int8")}
+    rows = []
+    for name, (paths, labels) in sets.items():
+        scores = {}
+        for runtime, classifier in classifiers.items():
+            predictions = classifier.predict([str(p) for p in paths])
+            dog = np.array([p.probabilities["dog"] for p in predictions])
+            chosen = np.clip(np.where(labels == 1, dog, 1 - dog), 1e-7, 1)
+            scores[runtime] = (dog > 0.5, float(np.mean((dog > 0.5) == labels)), float(-np.mean(np.log(chosen))),
+                               np.array([p.verdict for p in predictions]), dog)
+        f, q = scores["onnx"], scores["onnx-int8"]
+        rows.append(
+            f"| {name} ({len(paths)}) | {np.mean(f[0] == q[0]):.2%} ({int(np.sum(f[0] != q[0]))} differ) "
+            f"| {f[1]:.4f} / {q[1]:.4f} | {f[2]:.4f} / {q[2]:.4f} | {np.mean(f[3] == q[3]):.2%} "
+            f"| {np.mean(f[3] == 'neither'):.2%} / {np.mean(q[3] == 'neither'):.2%} | {np.abs(f[4] - q[4]).max():.3f} |")
+    return rows
+
+
+def main() -> None:
+    from dogcat.artifacts import INT8_ONNX_FILENAME
+    from dogcat.export import export_int8
+    from dogcat.preprocessing import decode_image_with_size
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--model", type=Path, default=REPO / "models" / "dog_cat_classifier.keras")
+    parser.add_argument("--data", type=Path, default=REPO / "data" / "dogcat-4k", help="prepared dataset (int8 calibration, test split)")
+    parser.add_argument("--source", type=Path, default=os.environ.get("DOGCAT_SHARED_DATA"),
+                        help="the Kaggle training folder (default: $DOGCAT_SHARED_DATA)")
+    parser.add_argument("--print-only", action="store_true", help="do not write RESULTS.md")
+    args = parser.parse_args()
+    if args.source is None or not args.source.is_dir():
+        parser.error(f"--source must be the Kaggle training folder. Received: source={args.source}")
+
+    work = Path(tempfile.mkdtemp(prefix="dogcat-batch-bench-"))
+    try:
+        model_dir = work / "model"
+        shutil.copytree(args.model.parent, model_dir)
+        model = model_dir / args.model.name
+        if not (model_dir / INT8_ONNX_FILENAME).is_file():
+            export_int8(model, args.data)
+        photos = sorted(args.source.glob("*.jpg"))[: args.files]
+        folder, small = work / "photos", work / "small"
+        folder.mkdir()
+        small.mkdir()
+        for index, photo in enumerate(photos):
+            os.symlink(photo, folder / photo.name)
+            if index < 32:
+                os.symlink(photo, small / photo.name)
+        images = np.stack([decode_image_with_size(p, 224)[0] for p in photos])
+        print(f"{len(photos)} photos; network alone ...", flush=True)
+        network = network_rates(model, images)
+        for name, rate in network.items():
+            print(f"  {name}: {rate:.0f} files/s", flush=True)
+
+        dogcat = [sys.executable, "-m", "dogcat.cli"]
+        commands = {}
+        for runtime in ("onnx", "onnx-int8"):
+            commands[f"predict {runtime}"] = lambda r=runtime: timed(
+                [*dogcat, "predict", str(folder), "--csv", "--model", str(model), "--runtime", r])
+            for name, source in (("", folder), (" (32 photos)", small)):
+                commands[f"batch {runtime}{name}"] = lambda r=runtime, s=source: timed(
+                    [*dogcat, "batch", str(s), "--out", tempfile.mkdtemp(dir=work), "--model", str(model), "--runtime", r])
+        seconds: dict[str, list[float]] = {name: [] for name in commands}
+        for round_number in range(args.rounds):
+            for name, command in commands.items():
+                seconds[name].append(command())
+                print(f"  round {round_number + 1} {name}: {seconds[name][-1]:.1f} s", flush=True)
+        median = {name: statistics.median(values) for name, values in seconds.items()}
+        rate = {name: (32 if "32 photos" in name else len(photos)) / value for name, value in median.items()}
+        steady = {runtime: (len(photos) - 32) / (median[f"batch {runtime}"] - median[f"batch {runtime} (32 photos)"])
+                  for runtime in ("onnx", "onnx-int8")}
+        print("int8 contract ...", flush=True)
+        contract_rows = contract(model, args.data, args.source)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    spread = {name: f"{min(v):.1f}-{max(v):.1f} s" for name, v in seconds.items()}
+    body = [
+        f"{len(photos)} Kaggle photos (`sorted(source.glob('*.jpg'))[:{args.files}]`), {args.rounds} rounds, medians; "
+        "processes timed from start to exit.",
+        "",
+        "| what | float32 | int8 | int8 / float32 |",
+        "|---|---|---|---|",
+        f"| network alone, files/s (ceiling; int8 graph without the re-check) | {network['float32']:.0f} | "
+        f"{network['int8 graph']:.0f} | {network['int8 graph'] / network['float32']:.2f}x |",
+        f"| network alone, int8 runtime as served (re-check of unsure photos) | {network['float32']:.0f} | "
+        f"{network['int8 runtime (with re-check)']:.0f} | {network['int8 runtime (with re-check)'] / network['float32']:.2f}x |",
+        f"| `dogcat predict --csv`, files/s end to end | {rate['predict onnx']:.0f} | {rate['predict onnx-int8']:.0f} | "
+        f"{rate['predict onnx-int8'] / rate['predict onnx']:.2f}x |",
+        f"| `dogcat batch` (local Ray), files/s end to end | {rate['batch onnx']:.0f} | {rate['batch onnx-int8']:.0f} | "
+        f"{rate['batch onnx-int8'] / rate['batch onnx']:.2f}x |",
+        f"| `dogcat batch`, files/s after start-up | {steady['onnx']:.0f} | {steady['onnx-int8']:.0f} | "
+        f"{steady['onnx-int8'] / steady['onnx']:.2f}x |",
+        f"| `dogcat batch` / `dogcat predict`, end to end | {rate['batch onnx'] / rate['predict onnx']:.2f}x | "
+        f"{rate['batch onnx-int8'] / rate['predict onnx-int8']:.2f}x | |",
+        f"| `dogcat batch` after start-up / `dogcat predict` | {steady['onnx'] / rate['predict onnx']:.2f}x | "
+        f"{steady['onnx-int8'] / rate['predict onnx-int8']:.2f}x | |",
+        "",
+        "Seconds per command (min-max over rounds): " + "; ".join(f"{k}: {v}" for k, v in spread.items()) + ".",
+        "",
+        "int8 contract (float32 / int8; labels agree: argmax; verdicts agree: cat, dog, neither, unsure, too small):",
+        "",
+        "| photos | labels agree | accuracy | log loss | verdicts agree | neither | largest P(dog) difference |",
+        "|---|---|---|---|---|---|---|",
+        *contract_rows,
+    ]
+    text = "\n".join(body)
+    print(text)
+    if not args.print_only:
+        write_section("Bulk: float32 vs int8, predict vs batch (Ray)", f"python benchmarks/batch.py --files {args.files} "
+                      f"--rounds {args.rounds}", text, packages=("onnxruntime", "ray", "numpy"))
+
+
+if __name__ == "__main__":
+    main()
