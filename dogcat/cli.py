@@ -38,7 +38,7 @@ def _main(argv: list[str] | None) -> int:
     from dogcat.preprocessing import ImageError
 
     try:
-        if args.handler in (_train, _tune, _export, _detector_fit):  # these always run Keras; the others only maybe
+        if args.handler in (_train, _tune, _detector_fit):  # these always run Keras; the others only maybe (export: not when the float twin is current)
             _import_keras_quietly()
         code = args.handler(args)
         sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below
