@@ -238,3 +238,13 @@ def test_batch_refuses_a_model_without_its_onnx_twin_in_one_line(int8_model, sha
     assert err.count("\n") == 1, err
     assert INT8_ONNX_FILENAME in err, err
     assert "dogcat export --int8" in err, err
+
+
+def test_the_shipped_int8_twin_is_tied_to_the_shipped_model_and_gives_its_verdicts():
+    from dogcat.inference import Classifier
+
+    int8 = Classifier.from_path(SHIPPED / MODEL_FILENAME, runtime="onnx-int8")
+    floats = Classifier.from_path(SHIPPED / MODEL_FILENAME, runtime="onnx")
+    examples = sorted(str(p) for p in (REPO / "demos" / "examples").glob("*.jpg"))
+    assert len(examples) >= 4
+    assert [p.verdict for p in int8.predict(examples)] == [p.verdict for p in floats.predict(examples)]
