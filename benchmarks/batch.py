@@ -1,7 +1,7 @@
 """Bulk classification (#16): float32 vs int8, `dogcat predict` vs `dogcat batch` (Ray), in one run.
 
     python benchmarks/batch.py [--files 2000] [--rounds 2] [--model models/dog_cat_classifier.keras]
-                               [--data data/dogcat-4k] [--source KAGGLE_TRAIN_DIR]
+                               [--data data/dogcat-4k] [--source KAGGLE_TRAIN_DIR] [--neither FOLDER]
 
 Throughput, files per second, on the same `--files` Kaggle photos:
 - the network alone (ONNX Runtime on decoded photos, batches of 32): float32, the raw int8
@@ -70,20 +70,25 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - started
 
 
-def contract(model: Path, data: Path, source: Path) -> list[str]:
-    """Markdown rows: float32 vs int8 on the test split and the outside photos."""
+def contract(model: Path, data: Path, source: Path, neither: Path | None = None) -> list[str]:
+    """Markdown rows: float32 vs int8 on the test split and the outside photos (and photos of neither)."""
     from dogcat.data import read_split
     from dogcat.inference import Classifier
 
     test = read_split(data, "test")
     sets = {"test split": (test.paths, test.labels), "Kaggle photos outside the dataset": outside_photos(source, data)}
     classifiers = {runtime: Classifier.from_path(model, runtime=runtime) for runtime in ("onnx", "onnx-int8")}
+    if neither is not None:
+        from dogcat.data import expand_paths
+
+        found = expand_paths([str(neither)])[0]
+        sets["photos of neither (`--neither`; labels meaningless)"] = (found, np.zeros(len(found), int))
     rows = []
     for name, (paths, labels) in sets.items():
         scores = {}
         for runtime, classifier in classifiers.items():
             predictions = classifier.predict([str(p) for p in paths])
-            dog = np.array([p.probabilities["dog"] for p in predictions])
+            dog = np.array([p.probabilities["dog"] if p.probabilities else np.nan for p in predictions])
             chosen = np.clip(np.where(labels == 1, dog, 1 - dog), 1e-7, 1)
             scores[runtime] = (dog > 0.5, float(np.mean((dog > 0.5) == labels)), float(-np.mean(np.log(chosen))),
                                np.array([p.verdict for p in predictions]), dog)
@@ -91,7 +96,7 @@ def contract(model: Path, data: Path, source: Path) -> list[str]:
         rows.append(
             f"| {name} ({len(paths)}) | {np.mean(f[0] == q[0]):.2%} ({int(np.sum(f[0] != q[0]))} differ) "
             f"| {f[1]:.4f} / {q[1]:.4f} | {f[2]:.4f} / {q[2]:.4f} | {np.mean(f[3] == q[3]):.2%} "
-            f"| {np.mean(f[3] == 'neither'):.2%} / {np.mean(q[3] == 'neither'):.2%} | {np.abs(f[4] - q[4]).max():.3f} |")
+            f"| {np.mean(f[3] == 'neither'):.2%} / {np.mean(q[3] == 'neither'):.2%} | {np.nanmax(np.abs(f[4] - q[4])):.3f} |")
     return rows
 
 
@@ -107,6 +112,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO / "data" / "dogcat-4k", help="prepared dataset (int8 calibration, test split)")
     parser.add_argument("--source", type=Path, default=os.environ.get("DOGCAT_SHARED_DATA"),
                         help="the Kaggle training folder (default: $DOGCAT_SHARED_DATA)")
+    parser.add_argument("--neither", type=Path, help="a folder of photos with no cat or dog: int8's verdicts there too")
     parser.add_argument("--print-only", action="store_true", help="do not write RESULTS.md")
     args = parser.parse_args()
     if args.source is None or not args.source.is_dir():
@@ -151,7 +157,7 @@ def main() -> None:
         steady = {runtime: (len(photos) - 32) / (median[f"batch {runtime}"] - median[f"batch {runtime} (32 photos)"])
                   for runtime in ("onnx", "onnx-int8")}
         print("int8 contract ...", flush=True)
-        contract_rows = contract(model, args.data, args.source)
+        contract_rows = contract(model, args.data, args.source, args.neither)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -189,7 +195,7 @@ def main() -> None:
     print(text)
     if not args.print_only:
         write_section("Bulk: float32 vs int8, predict vs batch (Ray)", f"python benchmarks/batch.py --files {args.files} "
-                      f"--rounds {args.rounds}", text, packages=("onnxruntime", "ray", "numpy"))
+                      f"--rounds {args.rounds}" + (" --neither NEITHER_DIR" if args.neither else ""), text, packages=("onnxruntime", "ray", "numpy"))
 
 
 if __name__ == "__main__":

@@ -134,7 +134,8 @@ class OnnxRunner:
 
     With `recheck` (the float32 runner beside an int8 file), photos the int8 network is unsure
     of (top probability under INT8_RECHECK_BELOW) are scored again by `recheck`, so int8 keeps
-    float32's labels where quantization would flip them, for a few percent more work.
+    float32's labels where quantization would flip them, for a few percent more work
+    (`Classifier` also re-checks the photos the detector calls "neither" on int8's features).
     """
 
     def __init__(self, path: Path, recheck: OnnxRunner | None = None):
@@ -333,8 +334,19 @@ class Classifier:
         good = [item for item in decoded if not isinstance(item, str)]
         if not good:
             return [Prediction(name, error=item) for name, item in zip(names, decoded, strict=True)]
-        probabilities, features, maps = self._run(to_model_input(np.stack([image for image, _ in good])), explain)
+        inputs = to_model_input(np.stack([image for image, _ in good]))
+        probabilities, features, maps = self._run(inputs, explain)
         neither = self.detector.flags(features) if self.detector is not None and features is not None else [None] * len(good)
+        recheck = getattr(self.runner, "recheck", None)
+        if recheck is not None and features is not None and np.any(neither):
+            # int8's features move the detector's distances: a photo int8 calls "neither" is
+            # judged again on float32's, as an unsure label is (OnnxRunner).
+            rows = np.flatnonzero(neither)
+            again = recheck(inputs[rows], explain)
+            probabilities[rows], features[rows] = again[0], again[1]
+            if explain:
+                maps[rows] = again[2]
+            neither[rows] = self.detector.flags(again[1])
         if features is None:
             features = [None] * len(good)
         # Each photo's map for the class it was labelled (argmax), whatever its verdict.
