@@ -177,6 +177,12 @@ MUTATIONS = [
         ("tests/test_bulk.py::test_int8_keeps_float32s_labels_accuracy_and_log_loss_on_real_photos",),
     ),
     Mutation(
+        "int8's 'neither' is not judged again on float32's features", "dogcat/inference.py",
+        "if recheck is not None and features is not None and np.any(neither):",
+        "if False:",
+        ("tests/test_bulk.py::test_int8_keeps_float32s_labels_accuracy_and_log_loss_on_real_photos",),
+    ),
+    Mutation(
         "batch re-runs files already in the output", "dogcat/batch.py",
         "todo = [path for path in found if path not in done]", "todo = found",
         ("tests/test_bulk.py::test_batch_rerun_skips_done_files_and_sets_aside_a_cut_short_file",),

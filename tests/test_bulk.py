@@ -76,7 +76,8 @@ def test_int8_twin_records_its_keras_file_and_is_refused_when_stale(int8_model, 
 
 def test_int8_keeps_float32s_labels_accuracy_and_log_loss_on_real_photos(int8_model, dataset, shared_data):
     """The int8 contract (#16): labels agree on >= 99.5%, accuracy within 0.3 points and log loss
-    within 0.01 of float32, on the test split and on the 1,000 Kaggle photos outside the dataset."""
+    within 0.01 of float32, on the test split and on the 1,000 Kaggle photos outside the dataset;
+    and verdicts ("neither" included) agree on >= 99.5% too."""
     from dogcat.data import read_split
     from dogcat.inference import Classifier
 
@@ -93,11 +94,13 @@ def test_int8_keeps_float32s_labels_accuracy_and_log_loss_on_real_photos(int8_mo
             dog = np.array([p.probabilities["dog"] for p in predictions])
             chosen = np.where(labels == 1, dog, 1 - dog)
             scores[runtime] = ((dog > 0.5).astype(int), float(np.mean((dog > 0.5) == labels)),
-                               float(-np.mean(np.log(np.clip(chosen, 1e-7, 1)))))
+                               float(-np.mean(np.log(np.clip(chosen, 1e-7, 1)))), [p.verdict for p in predictions])
         agreement = float(np.mean(scores["float32"][0] == scores["int8"][0]))
         assert agreement >= 0.995, (name, agreement)
         assert abs(scores["float32"][1] - scores["int8"][1]) <= 0.003 + 1e-9, (name, scores)
         assert abs(scores["float32"][2] - scores["int8"][2]) <= 0.01, (name, scores)
+        verdicts = float(np.mean(np.array(scores["float32"][3]) == np.array(scores["int8"][3])))
+        assert verdicts >= 0.995, (name, verdicts)
 
 
 # --- dogcat batch on Ray --------------------------------------------------------------------------
