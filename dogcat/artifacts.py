@@ -26,6 +26,10 @@ CLASS_NAMES_FILENAME = "class_names.pkl"
 ONNX_FILENAME = "dog_cat_classifier.onnx"  # written by `dogcat export` beside the .keras
 INT8_ONNX_FILENAME = "dog_cat_classifier.int8.onnx"  # `dogcat export --int8`: the bulk runtime (dogcat.export)
 DETECTOR_FILENAME = "dog_cat_detector.npz"  # the "neither" detector (dogcat.verdict) beside the .keras
+# Which of those files scores photos (dogcat.inference). Kept here, in a module without NumPy, so
+# the CLI can offer the choices without importing the inference stack for every command.
+RUNTIMES = ("auto", "keras", "onnx", "onnx-int8")
+BATCH_RUNTIMES = ("onnx", "onnx-int8")  # dogcat.batch's actors run ONNX Runtime: no Keras backend on the nodes
 # A real class_names.pkl is ~40 bytes and one level deep; these leave room and still bound the work.
 MAX_CLASS_NAMES_BYTES = 64 * 1024
 MAX_CLASS_NAMES_DEPTH = 8

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from dogcat.artifacts import (
+    BATCH_RUNTIMES,
     CLASS_NAMES_FILENAME,
     DETECTOR_FILENAME,
     INT8_ONNX_FILENAME,
@@ -42,7 +43,6 @@ from dogcat.artifacts import (
 from dogcat.data import IMAGE_SUFFIXES, DataError, expand_paths
 from dogcat.preprocessing import MAX_FILE_BYTES
 
-BATCH_RUNTIMES = ("onnx", "onnx-int8")  # actors run ONNX Runtime: no Keras backend on the nodes
 FILES_PER_BLOCK = 256  # the unit of work Ray schedules, and of one Parquet file (what a resume can skip)
 INCOMPLETE_PREFIX = "_incomplete."  # a Parquet file cut short by a crash, set aside (readers skip "_" names)
 

@@ -99,7 +99,7 @@ def _load_classifier(model: Path | None, runtime: str | None = None):
 
 def _parser() -> argparse.ArgumentParser:
     from dogcat import __version__
-    from dogcat.inference import RUNTIMES
+    from dogcat.artifacts import BATCH_RUNTIMES, RUNTIMES
 
     parser = argparse.ArgumentParser(prog="dogcat", description="Dog-vs-cat image classifier (MobileNetV2, Keras 3).")
     parser.add_argument("--version", action="version", version=f"dogcat {__version__}")
@@ -161,7 +161,7 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--out", required=True, help="output folder for the Parquet files (local or a URI); "
                        "files already in it are skipped")
     batch.add_argument("--model", type=Path, help="a .keras file with its ONNX twin beside it (default: the shipped model)")
-    batch.add_argument("--runtime", choices=["onnx", "onnx-int8"], default="onnx",
+    batch.add_argument("--runtime", choices=BATCH_RUNTIMES, default="onnx",
                        help="onnx (default, float32) or onnx-int8 (about 2x faster; `export --int8` first)")
     batch.add_argument("--address", help="join this Ray cluster (HOST:PORT of `ray start --head`); default: a local Ray")
     batch.add_argument("--actors", type=int, help="ONNX Runtime actors (default: one per node)")

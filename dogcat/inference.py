@@ -30,6 +30,7 @@ from dogcat.artifacts import (
     INT8_ONNX_FILENAME,
     MODEL_FILENAME,
     ONNX_FILENAME,
+    RUNTIMES,
     ArtifactError,
     bundled_file,
     file_sha256,
@@ -80,7 +81,6 @@ class Prediction:
         return None if self.probabilities is None else max(self.probabilities.values())
 
 
-RUNTIMES = ("auto", "keras", "onnx", "onnx-int8")
 # int8 flips labels only near the boundary: a photo whose int8 top probability is under this is
 # scored again in float32 (about 2% of cats and dogs; benchmarks/batch.py).
 INT8_RECHECK_BELOW = 0.8

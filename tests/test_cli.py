@@ -157,3 +157,14 @@ def test_predict_explain_writes_one_overlay_per_photo_named_in_the_output(photos
     assert json.loads(capsys.readouterr().out)["explanation"] == written[str(other / "cat.0.jpg")]
     main(["predict", str(other / "cat.0.jpg"), "--model", model, "--json"])
     assert "explanation" not in json.loads(capsys.readouterr().out)
+
+
+def test_help_and_argument_errors_do_not_import_the_inference_stack():
+    # Every command builds the parser first; a parser that imports NumPy (or worse, a Keras
+    # backend) makes `dogcat --help` and typos cost a second before anything is said.
+    probe = ("import sys\nfrom dogcat.cli import _parser\n_parser()\n"
+             "heavy = sorted(m for m in ('numpy', 'keras', 'onnxruntime', 'dogcat.inference') if m in sys.modules)\n"
+             "print(','.join(heavy))")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == ""
