@@ -90,11 +90,11 @@ def cache_activations(
     """float32 (views, N, *activation shape): `trunk`'s output for every view of every image.
 
     `memo` (a mapping the caller keeps across runs, e.g. dogcat.tune across its trials) holds
-    each view under `memo_key` + (view, and for views 1.. the flip and rotation that draw it), and
-    a view found there is not computed again. `memo_key` must name everything else the
-    activations depend on (images, trunk, seed); view 0 is the same for any augmentation.
+    each view under `memo_key` + (view, and for views 1.. the flip, rotation and seed that draw
+    it), and a view found there is not computed again. `memo_key` must name everything else the
+    activations depend on (images, trunk); view 0 is the same for any augmentation and any seed.
     """
-    keys = view_keys(config, views, memo_key)
+    keys = view_keys(config, views, seed, memo_key)
     missing = [view for view in range(views) if memo is None or keys[view] not in memo]
     shape: tuple[int, ...] | None = None
     cache = np.empty(0, dtype=np.float32)
@@ -122,9 +122,32 @@ def cache_activations(
     return cache
 
 
-def view_keys(config: ModelConfig, views: int, memo_key: tuple = ()) -> list[tuple]:
-    """The key of each view in a `cache_activations` memo: `memo_key` + (view, flip, rotation), view 0 without augmentation."""
-    return [(*memo_key, view, *((config.flip, config.rotation) if view else ())) for view in range(views)]
+class ActivationMemo(dict):
+    """A `cache_activations` memo kept across runs (dogcat.tune's trials, benchmarks/seeds.py's seeds): the least
+    recently used views are dropped past `max_bytes`."""
+
+    def __init__(self, max_bytes: int):
+        super().__init__()
+        self.max_bytes = max_bytes
+
+    def __getitem__(self, key):
+        value = super().pop(key)
+        super().__setitem__(key, value)  # now the most recently used
+        return value
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        while sum(v.nbytes for v in self.values()) > self.max_bytes:
+            del self[next(iter(self))]
+
+
+def view_keys(config: ModelConfig, views: int, seed: int, memo_key: tuple = ()) -> list[tuple]:
+    """The key of each view in a `cache_activations` memo: `memo_key` + (view, flip, rotation, seed).
+
+    View 0 is the photo as it is, so its key leaves out the augmentation and the seed: runs that
+    differ only in those (the seeds of benchmarks/seeds.py, a search's trials) share it.
+    """
+    return [(*memo_key, view, *((config.flip, config.rotation, seed) if view else ())) for view in range(views)]
 
 
 class CachedViews(keras.utils.PyDataset):

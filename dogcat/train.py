@@ -252,8 +252,8 @@ def _fit_inputs(config: Config, splits: dict[str, Split], model: keras.Model, pr
     _, top = split_model(model, config.model.fine_tune_blocks)
     trunk, runtime = trunk_function(model, config.model.fine_tune_blocks)
     # Everything the activations depend on besides the view and its augmentation.
-    key = (str(Path(config.data.dir).resolve()), size, config.model.weights, config.model.fine_tune_blocks, tc.seed)
-    reused = 0 if memo is None else sum(k in memo for k in view_keys(config.model, tc.views, (*key, "train")))
+    key = (str(Path(config.data.dir).resolve()), size, config.model.weights, config.model.fine_tune_blocks)
+    reused = 0 if memo is None else sum(k in memo for k in view_keys(config.model, tc.views, tc.seed, (*key, "train")))
     train_cache = cache_activations(trunk, train_images, config.model, tc.views, tc.seed, "caching train", progress,
                                     memo=memo, memo_key=(*key, "train"))
     val_cache = cache_activations(trunk, val_images, config.model, 1, tc.seed, "caching val", progress,

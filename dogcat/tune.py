@@ -34,7 +34,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -143,6 +143,9 @@ def tune(
         raise TuneError("dogcat tune needs Optuna: pip install 'dogcat[tune]'. Received: optuna=None") from None
     from optuna.trial import TrialState
 
+    # Imports Keras: here, not when the CLI imports this module.
+    from dogcat.features import ActivationMemo
+
     if trials < 1:
         raise TuneError(f"The search needs at least 1 trial. Received: trials={trials}")
     validate_config(config)
@@ -179,7 +182,7 @@ def tune(
                 study.enqueue_trial(_drawn(baseline, space), user_attrs={"baseline": True})
         _requeue_interrupted(study, TrialState, log)
 
-        objective = _Objective(config, out, space, log, progress, _Memo(memo_bytes) if memo_bytes > 0 else None)
+        objective = _Objective(config, out, space, log, progress, ActivationMemo(memo_bytes) if memo_bytes > 0 else None)
 
         def after_trial(study, trial) -> None:
             _write_results(study, config, out, space)
@@ -215,7 +218,7 @@ class _Objective:
     """One trial: the trial's config trained in its run folder, scored on validation log loss."""
 
     def __init__(self, base: Config, out: Path, space: tuple[Param, ...], log: Callable[[str], None], progress: bool,
-                 memo: _Memo | None):
+                 memo: MutableMapping | None):
         self.base, self.out, self.space, self.log, self.progress, self.memo = base, out, space, log, progress, memo
 
     def __call__(self, trial) -> float:
@@ -249,24 +252,6 @@ class _Objective:
     def _log_train(self, number: int, line: str) -> None:
         if not line.startswith("model: "):  # a trial's model file is deleted once it is scored
             self.log(f"trial {number}: {line}")
-
-
-class _Memo(dict):
-    """Trunk activations by view (dogcat.features.cache_activations), least recently used dropped past `max_bytes`."""
-
-    def __init__(self, max_bytes: int):
-        super().__init__()
-        self.max_bytes = max_bytes
-
-    def __getitem__(self, key):
-        value = super().pop(key)
-        super().__setitem__(key, value)  # now the most recently used
-        return value
-
-    def __setitem__(self, key, value) -> None:
-        super().__setitem__(key, value)
-        while sum(v.nbytes for v in self.values()) > self.max_bytes:
-            del self[next(iter(self))]
 
 
 def _suggest(trial, space: tuple[Param, ...]) -> dict[str, Any]:

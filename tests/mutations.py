@@ -145,8 +145,14 @@ MUTATIONS = [
     ),
     Mutation(
         "activation memo key ignores the rotation", "dogcat/features.py",
+        "return [(*memo_key, view, *((config.flip, config.rotation, seed) if view else ())) for view in range(views)]",
+        "return [(*memo_key, view, *((config.flip, seed) if view else ())) for view in range(views)]",
+        ("tests/test_tune.py::test_trials_share_cached_views_and_train_as_without_them",),
+    ),
+    Mutation(
+        "activation memo key ignores the seed", "dogcat/features.py",
+        "return [(*memo_key, view, *((config.flip, config.rotation, seed) if view else ())) for view in range(views)]",
         "return [(*memo_key, view, *((config.flip, config.rotation) if view else ())) for view in range(views)]",
-        "return [(*memo_key, view) for view in range(views)]",
         ("tests/test_tune.py::test_trials_share_cached_views_and_train_as_without_them",),
     ),
     Mutation(
@@ -155,7 +161,7 @@ MUTATIONS = [
         ("tests/test_tune.py::test_trials_share_cached_views_and_train_as_without_them",),
     ),
     Mutation(
-        "tune's activation memo forgets the most recently read view", "dogcat/tune.py",
+        "the activation memo forgets the most recently read view", "dogcat/features.py",
         "        value = super().pop(key)\n        super().__setitem__(key, value)  # now the most recently used\n",
         "        value = super().__getitem__(key)\n",
         ("tests/test_tune.py::test_memo_forgets_the_least_recently_used_views_past_its_budget",),

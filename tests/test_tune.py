@@ -206,18 +206,18 @@ def test_without_optuna_the_error_says_what_to_install(tmp_path, tiny_dataset, m
 
 
 def test_trials_share_cached_views_and_train_as_without_them(tmp_path, tiny_dataset, varied_base_weights):
+    from dogcat.features import ActivationMemo
     from dogcat.train import train
-    from dogcat.tune import _Memo
 
-    def run(name, rotation, memo):
+    def run(name, rotation, memo, seed=0):
         config = _base(tiny_dataset, f'model.weights="{varied_base_weights}"', "train.epochs=2", "train.head_epochs=1",
-                       "train.batch_size=8", f"model.rotation={rotation}")
+                       "train.batch_size=8", f"model.rotation={rotation}", f"train.seed={seed}")
         lines = []
         folder = train(config, tmp_path / name, log=lines.append, progress=False, deployable=False, activation_memo=memo)
         cached = next(line for line in lines if line.startswith("cached the frozen trunk's output"))
         return (folder / "history.csv").read_text().splitlines(), cached
 
-    memo = _Memo(2**30)
+    memo = ActivationMemo(2**30)
     first, cached = run("first", 0.05, memo)
     assert "reused" not in cached
     again, cached = run("again", 0.05, memo)
@@ -228,14 +228,19 @@ def test_trials_share_cached_views_and_train_as_without_them(tmp_path, tiny_data
     alone, _ = run("alone", 0.1, None)
     assert [row.split(",")[:6] for row in rotated] == [row.split(",")[:6] for row in alone]
     assert [row.split(",")[:6] for row in rotated] != [row.split(",")[:6] for row in first]
+    # Another seed draws other augmented views: it shares only view 0 (and val), as seeds.py's runs do.
+    reseeded, cached = run("reseeded", 0.1, memo, seed=1)
+    assert cached.endswith(", 1 reused)")
+    reseeded_alone, _ = run("reseeded-alone", 0.1, None, seed=1)
+    assert [row.split(",")[:6] for row in reseeded] == [row.split(",")[:6] for row in reseeded_alone]
 
 
 def test_memo_forgets_the_least_recently_used_views_past_its_budget():
     import numpy as np
 
-    from dogcat.tune import _Memo
+    from dogcat.features import ActivationMemo
 
-    memo = _Memo(3 * 400)  # three 100-float32 arrays
+    memo = ActivationMemo(3 * 400)  # three 100-float32 arrays
     for key in "abc":
         memo[key] = np.zeros(100, dtype=np.float32)
     memo["a"]  # a read makes "a" the most recently used
