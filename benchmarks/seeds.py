@@ -83,7 +83,9 @@ def main() -> None:
             config = load_config(config_path, [*overrides, f"train.seed={seed}"])
             outside = outside_photos(args.source, Path(config.data.dir))
             with tempfile.TemporaryDirectory() as tmp:
-                run_dir = train(config, Path(tmp) / "run", log=lambda line: None, progress=False, activation_memo=memo)
+                # Labels and probabilities only: the "neither" detector is not fitted (deployable=False).
+                run_dir = train(config, Path(tmp) / "run", log=lambda line: None, progress=False, deployable=False,
+                                activation_memo=memo)
                 export_onnx(run_dir / MODEL_FILENAME)
                 classifier = Classifier.from_path(run_dir / MODEL_FILENAME, runtime="onnx")
                 test, extra = evaluate(classifier, config.data.dir, "test"), score_files(classifier, *outside)
