@@ -9,7 +9,7 @@ seed, exports it, and scores it through `Classifier.predict` on the test split a
 photos outside the dataset (as benchmarks/accuracy.py does), then reports mean and spread.
 A variant may name its own config file first, e.g. the `best.toml` of a `dogcat tune` search:
 `--variant "recipe:" --variant "tuned:--config runs/tune-X/best.toml"` scores both on the same seeds.
-Each run takes about 2-4 minutes on 2 cores; runs share the trunk activations they can (view 0 across seeds).
+Each run took 1.5-2 minutes (the recipe) to 3.5 (3 blocks, batch 16) on 2 cores; runs share the trunk activations they can (view 0 across seeds).
 """
 
 from __future__ import annotations

@@ -251,7 +251,7 @@ def _fit_inputs(config: Config, splits: dict[str, Split], model: keras.Model, pr
     started = time.perf_counter()
     _, top = split_model(model, config.model.fine_tune_blocks)
     trunk, runtime = trunk_function(model, config.model.fine_tune_blocks)
-    # Everything the activations depend on besides the view and its augmentation.
+    # Everything the activations depend on besides the view, its augmentation and the seed (view_keys).
     key = (str(Path(config.data.dir).resolve()), size, config.model.weights, config.model.fine_tune_blocks)
     reused = 0 if memo is None else sum(k in memo for k in view_keys(config.model, tc.views, tc.seed, (*key, "train")))
     train_cache = cache_activations(trunk, train_images, config.model, tc.views, tc.seed, "caching train", progress,
