@@ -22,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow start-up chatte
 import gradio as gr
 from PIL import Image
 
+from dogcat.detector import DESCRIPTION
 from dogcat.explain import overlay
 from dogcat.inference import Classifier
 from dogcat.preprocessing import MAX_FILE_BYTES
@@ -52,7 +53,7 @@ if CLASSIFIER.verdict_warning:  # e.g. no detector beside the model: cat/dog ver
 
 
 def predict(image: dict[str, Any] | str | None, explain: bool = False) -> tuple[str, dict[str, float], Image.Image | None]:
-    """Classify one uploaded photo: (the verdict in words, {"cat": p, "dog": p} summing to 1, the
+    """Classify one uploaded photo: (the verdict in words with what it looks like, {"cat": p, "dog": p} summing to 1, the
     Grad-CAM overlay when `explain` and the model can give one, else None).
 
     The overlay is opt-in (a checkbox, off by default): drawing it adds about a third to each
@@ -73,7 +74,7 @@ def predict(image: dict[str, Any] | str | None, explain: bool = False) -> tuple[
     if result.error:
         raise gr.Error(f"Cannot read {name}: {result.error}.", duration=ERROR_SECONDS, print_exception=False)
     looked = None if result.heatmap is None else overlay(path, result.heatmap)
-    return result.text, result.probabilities, looked
+    return result.sentence, result.probabilities, looked
 
 
 def predict_on_change(image: dict[str, Any] | str | None, explain: bool = False) -> tuple:
@@ -86,10 +87,10 @@ def predict_on_change(image: dict[str, Any] | str | None, explain: bool = False)
 with gr.Blocks(title="dogcat: cat or dog?", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
     gr.Markdown(
         "# Cat, dog, or neither?\n"
-        "Upload a photo: a MobileNetV2 fine-tuned with Keras 3 says whether it shows a cat or a dog. "
-        "A photo of neither (try the astronaut and the rocket) is said to be so: its features are far "
-        "from those of every training photo. Too small a photo, or one the model is unsure of, is said "
-        "to be so too. The probabilities below are the classifier's, which it gives for any photo."
+        "Upload a photo: a MobileNetV2 fine-tuned with Keras 3 says whether it shows a cat or a dog, "
+        "and what it looks like. A photo of neither (try the astronaut and the rocket), too small a photo, "
+        "or one the model is unsure of, is said to be so. The probabilities below are the classifier's, "
+        "which it gives for any photo.\n\n" + DESCRIPTION
     )
     with gr.Row():
         # preprocess=False below: the uploaded file goes to dogcat's decoder untouched, so a

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import streamlit as st
 
 from dogcat.artifacts import load_model_card
-from dogcat.config import Config
+from dogcat.detector import DESCRIPTION
 from dogcat.explain import overlay
-from dogcat.inference import Classifier, Prediction, default_model_path
+from dogcat.inference import Classifier, Prediction, default_model_path, predict_config_for
 from dogcat.preprocessing import ImageError, load_image
 from dogcat.verdict import NEITHER, TOO_SMALL, UNSURE, VerdictRules
 
@@ -38,16 +38,17 @@ def load_classifier(model_path: str) -> Classifier:
 
 
 def sidebar(model_path: str) -> tuple[VerdictRules, bool, bool]:
+    settings = predict_config_for(model_path)  # the model's own [predict] settings, saved with its run
     with st.sidebar:
         threshold = st.slider(
             "Say \"not sure\" below this confidence", min_value=0.5, max_value=MAX_THRESHOLD,
-            value=Config().predict.threshold, step=0.01, key="threshold",
+            value=min(max(settings.threshold, 0.5), MAX_THRESHOLD), step=0.01, key="threshold",
         )
         use_camera = st.toggle("Use the camera", key="use_camera")
         explain = st.toggle("Show where it looked", key="explain",
                             help="A heatmap (Grad-CAM) over each photo: red where the model found what it answered.")
         about(model_path)
-    return VerdictRules(unsure_below=threshold, min_side=Config().predict.min_side), use_camera, explain
+    return VerdictRules(unsure_below=threshold, min_side=settings.min_side), use_camera, explain
 
 
 def about(model_path: str) -> None:
@@ -69,19 +70,15 @@ def about(model_path: str) -> None:
 
 
 def neither_text(test: dict) -> str:
-    """How "neither" is decided, with what was measured where the model card has it."""
-    text = (
-        "**Neither a cat nor a dog** is said when the photo's features are far from those of every "
-        "training photo (a nearest-neighbour test beside the classifier); **too small** when its "
-        "shorter side is under the size where accuracy drops below 95%."
-    )
+    """How "neither" is decided (dogcat.detector.DESCRIPTION), with what was measured where the model card has it."""
+    text = DESCRIPTION
     folder, turned_away = test.get("neither_folder"), test.get("turned_away")
     if folder and turned_away:
         text += (
             f" Measured: {folder['flagged']:.0%} of {folder['count']} photos with no cat or dog were called "
             f"neither, and {turned_away['neither']:.1%} of the real test cats and dogs."
         )
-    return text + " It still misses some animals that look like pets (big cats, foxes), and drawings."
+    return text + " It still lets through some farm animals and drawings."
 
 
 def collect_uploads(use_camera: bool) -> list[Upload]:
@@ -117,9 +114,12 @@ def show_prediction(upload: Upload, prediction: Prediction) -> None:
         picture.image(preview, caption=upload.name, width="stretch")
     verdict.subheader(prediction.text)
     if prediction.verdict == NEITHER:
-        verdict.caption("This photo does not look like the cats and dogs the model knows.")
+        verdict.caption("Unlike the training photos, and ImageNet's classes see no cat or dog in it.")
     elif prediction.verdict in (UNSURE, TOO_SMALL):
         verdict.caption("The model cannot tell from this photo.")
+    if prediction.hint:
+        verdict.markdown(f"{prediction.hint[0].upper()}{prediction.hint[1:]}")
+        verdict.caption("ImageNet's best guess: a hint, not a claim.")
     # Secondary: the classifier's two probabilities, which it gives for any photo.
     for label, probability in prediction.probabilities.items():
         verdict.progress(probability, text=f"{label}: {percent(probability)}")

@@ -25,7 +25,9 @@ MODEL_FILENAME = "dog_cat_classifier.keras"
 CLASS_NAMES_FILENAME = "class_names.pkl"
 ONNX_FILENAME = "dog_cat_classifier.onnx"  # written by `dogcat export` beside the .keras
 INT8_ONNX_FILENAME = "dog_cat_classifier.int8.onnx"  # `dogcat export --int8`: the bulk runtime (dogcat.export)
-DETECTOR_FILENAME = "dog_cat_detector.npz"  # the "neither" detector (dogcat.verdict) beside the .keras
+DETECTOR_FILENAME = "dog_cat_detector.npz"  # the "neither" detector (dogcat.detector) beside the .keras
+# MobileNetV2's ImageNet-1k classifier layer (tools/derive_imagenet_head.py): shipped in models/, read by the detector
+IMAGENET_HEAD_FILENAME = "imagenet_head.npz"
 # Which of those files scores photos (dogcat.inference). Kept here, in a module without NumPy, so
 # the CLI can offer the choices without importing the inference stack for every command.
 RUNTIMES = ("auto", "keras", "onnx", "onnx-int8")

@@ -9,7 +9,7 @@ The job is Ray Data's batch-inference pattern, with dogcat's own pieces at each 
 3. a pool of actors, each holding one ONNX Runtime `Classifier` loaded once, scores the photos
    and decides verdicts with `Classifier.classify_decoded`, the scoring path `predict` uses;
 4. each block is written as Parquet, one row per file: path, verdict, label, p_<class>,
-   width, height, error (null where the file was read).
+   width, height, looks_like, p_looks_like (the top ImageNet class), error (null where the file was read).
 
 The model folder travels through Ray's object store, so the nodes of a cluster need dogcat
 installed but not the model or a shared disk. Without `address` a local Ray starts and stops
@@ -35,12 +35,14 @@ from dogcat.artifacts import (
     BATCH_RUNTIMES,
     CLASS_NAMES_FILENAME,
     DETECTOR_FILENAME,
+    IMAGENET_HEAD_FILENAME,
     INT8_ONNX_FILENAME,
     MODEL_FILENAME,
     ONNX_FILENAME,
     ArtifactError,
 )
 from dogcat.data import IMAGE_SUFFIXES, DataError, expand_paths
+from dogcat.detector import imagenet_head_path
 from dogcat.preprocessing import MAX_FILE_BYTES
 
 FILES_PER_BLOCK = 256  # the unit of work Ray schedules, and of one Parquet file (what a resume can skip)
@@ -214,6 +216,9 @@ class ClassifyBatch:
                                             pa.float64())
         columns["width"] = pa.array([p.size[0] if p.size else None for p in predictions], pa.int64())
         columns["height"] = pa.array([p.size[1] if p.size else None for p in predictions], pa.int64())
+        columns["looks_like"] = pa.array([p.looks_like.name if p.looks_like else None for p in predictions], pa.string())
+        columns["p_looks_like"] = pa.array([p.looks_like.probability if p.looks_like else None for p in predictions],
+                                           pa.float64())
         columns["error"] = pa.array([p.error for p in predictions], pa.string())
         return pa.table(columns)
 
@@ -229,7 +234,11 @@ def _model_files(model_path: Path, runtime: str) -> tuple[dict[str, bytes], int]
     names = [MODEL_FILENAME, CLASS_NAMES_FILENAME, ONNX_FILENAME]
     names += [INT8_ONNX_FILENAME] if runtime == "onnx-int8" else []
     names += [DETECTOR_FILENAME] if model_path.with_name(DETECTOR_FILENAME).is_file() else []
-    return {name: model_path.with_name(name).read_bytes() for name in names}, image_size
+    files = {name: model_path.with_name(name).read_bytes() for name in names}
+    head = imagenet_head_path(model_path)  # the detector's ImageNet head: beside the model, or the shipped one
+    if head is not None:
+        files[IMAGENET_HEAD_FILENAME] = head.read_bytes()
+    return files, image_size
 
 
 def _is_uri(path: str) -> bool:

@@ -311,20 +311,25 @@ def _predict(args: argparse.Namespace) -> int:
         explained = [str(path) if path else "" for path in write_overlays(results, args.explain)]
     if args.json:
         for index, result in enumerate(results):
+            seen = result.looks_like
             row = {"path": result.source, "verdict": result.verdict, "label": result.label,
-                   "probabilities": result.probabilities, "size": result.size, "error": result.error}
+                   "probabilities": result.probabilities, "size": result.size,
+                   "looks_like": None if seen is None else {"name": seen.name, "probability": seen.probability},
+                   "error": result.error}
             if explained is not None:
                 row["explanation"] = explained[index] or None
             print(json.dumps(row))
     elif args.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         extra = ["explanation"] if explained is not None else []
-        writer.writerow(["path", "verdict", "label", *(f"p_{n}" for n in names), "width", "height", "error", *extra])
+        writer.writerow(["path", "verdict", "label", *(f"p_{n}" for n in names), "width", "height",
+                         "looks_like", "p_looks_like", "error", *extra])
         for index, result in enumerate(results):
             probabilities = [f"{result.probabilities[n]:.6f}" for n in names] if result.probabilities else [""] * len(names)
             width, height = result.size or ("", "")
+            seen = (result.looks_like.name, f"{result.looks_like.probability:.6f}") if result.looks_like else ("", "")
             writer.writerow([result.source, result.verdict or "", result.label or "", *probabilities, width, height,
-                             result.error or "", *([explained[index]] if extra else [])])
+                             *seen, result.error or "", *([explained[index]] if extra else [])])
     else:
         width = max(len(_shown(r.source)) for r in results)
         print(f"{'path':<{width}}  {'verdict':<9}  " + "  ".join(f"p({n})" for n in names)
@@ -355,7 +360,7 @@ def _warn_about_verdicts(classifier) -> None:
 
 def _detector_fit(args: argparse.Namespace) -> int:
     from dogcat.config import PredictConfig
-    from dogcat.verdict import fit_detector_beside
+    from dogcat.export import fit_detector_beside
 
     turn_away = PredictConfig.turn_away if args.turn_away is None else args.turn_away
     fit_detector_beside(args.model, args.data, turn_away)

@@ -32,7 +32,7 @@ from PIL import Image
 from dogcat.preprocessing import ImageSource, load_image
 
 if TYPE_CHECKING:
-    from dogcat.inference import Prediction
+    from dogcat.verdict import Prediction
 
 # The ONNX twin's outputs for Grad-CAM (dogcat.onnx_graph writes them; named here, where no Keras is needed).
 FEATURE_MAP = "feature_map"  # (N, H, W, K): the base's output, NHWC as in Keras

@@ -31,6 +31,7 @@ import numpy as np
 
 from dogcat.artifacts import (
     CLASS_NAMES_FILENAME,
+    DETECTOR_FILENAME,
     INT8_ONNX_FILENAME,
     ONNX_FILENAME,
     ArtifactError,
@@ -150,3 +151,81 @@ def _set_metadata(proto, metadata: dict[str, str]) -> None:
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
+
+
+def fit_detector_beside(model_path: str | Path, data_dir: str | Path, turn_away: float | None = None,
+                        log=print) -> Path:
+    """Fit the "neither" detector for a `.keras` model on a prepared dataset and write it beside the model.
+
+    Features come from the served path (`Classifier.predict`, ONNX Runtime when a matching
+    export exists), for the training split (the reference) and the validation split (the
+    threshold). The ImageNet head (dogcat.detector) is used when the model's features still read
+    ImageNet classes: the share of validation photos whose top class matches the frozen ImageNet
+    network's is measured here (that network needs Keras and the ImageNet weights; without them
+    the detector is distance alone, and says so).
+    """
+    from dogcat.config import PredictConfig
+    from dogcat.data import read_split
+    from dogcat.detector import FEATURE_BLOCKS, MIN_IMAGENET_AGREEMENT, ImageNetHead, fit_detector, imagenet_head_path
+    from dogcat.inference import Classifier
+
+    model_path = Path(model_path)
+    turn_away = PredictConfig.turn_away if turn_away is None else turn_away
+    classifier = Classifier.from_path(model_path)
+    if not classifier.runner.has_features:
+        raise ArtifactError(f"The model's runtime gives no pooled features (run `dogcat export {model_path}` again). "
+                            f"Received: runtime={classifier.runtime!r}")
+    features, labels, val_paths = {}, {}, []
+    for split in ("train", "val"):
+        data = read_split(data_dir, split)
+        predictions = classifier.predict(data.paths, names=[str(p) for p in data.paths])
+        read = [i for i, p in enumerate(predictions) if p.error is None]
+        if not read:
+            raise ArtifactError(f"None of the {split} photos could be read. Received: data_dir={str(data_dir)!r}")
+        features[split] = np.stack([predictions[i].features for i in read])
+        labels[split] = np.asarray(data.labels)[read]
+        if split == "val":
+            val_paths = [data.paths[i] for i in read]
+    head_path, head, agreement = imagenet_head_path(model_path), None, None
+    if head_path is None:
+        log("detector: no imagenet_head.npz shipped or beside the model: 'neither' on feature distance alone")
+    else:
+        head = ImageNetHead.load(head_path)
+        reference = _frozen_imagenet_features(val_paths, classifier.image_size, log)
+        if reference is not None:
+            agreement = float(np.mean(head.logits(features["val"]).argmax(axis=1) == head.logits(reference).argmax(axis=1)))
+    detector = fit_detector(features["train"], labels["train"], features["val"], file_sha256(model_path),
+                            FEATURE_BLOCKS, turn_away, head, agreement)
+    path = model_path.with_name(DETECTOR_FILENAME)
+    detector.save(path)
+    imagenet = ("not measured, head not used" if agreement is None else
+                f"top class as the frozen network's on {agreement:.1%} of val, "
+                + ("head used" if detector.head else f"head not used (under {MIN_IMAGENET_AGREEMENT:.0%})"))
+    log(f"detector: {path} ({len(features['train'])} training photos, threshold {detector.threshold:.4f}, "
+        f"{detector.info['val_turned_away']:.1%} of val turned away; ImageNet: {imagenet})")
+    return path
+
+
+def _frozen_imagenet_features(paths: list[Path], image_size: int, log) -> np.ndarray | None:
+    """The pooled features of MobileNetV2 as ImageNet trained it (no fine-tuning), for `paths`;
+    None, with a log line, where Keras or the ImageNet weights are not at hand."""
+    from dogcat.inference import decode_sources
+    from dogcat.preprocessing import to_model_input
+
+    try:
+        import keras
+
+        from dogcat.model import imagenet_weights_path
+
+        weights = imagenet_weights_path()
+    except (ImportError, ArtifactError) as error:
+        log(f"detector: cannot measure how well the model's features read ImageNet classes ({str(error).splitlines()[0]}); "
+            "'neither' on feature distance alone")
+        return None
+    decoded = [item for item in decode_sources(paths, [str(p) for p in paths], image_size) if not isinstance(item, str)]
+    if len(decoded) != len(paths):
+        return None  # read a moment ago; a file that changed since makes the comparison meaningless
+    network = keras.applications.MobileNetV2(input_shape=(image_size, image_size, 3), include_top=False,
+                                             weights=weights, pooling="avg")
+    images = to_model_input(np.stack([image for image, _ in decoded])) * 2 - 1  # MobileNetV2's [-1, 1]
+    return np.asarray(network.predict(images, batch_size=32, verbose=0))

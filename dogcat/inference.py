@@ -10,7 +10,8 @@ faster per photo on a CPU, or ONNX Runtime on the int8 twin, for bulk work (`onn
 `from_path` picks ONNX when `dogcat export` has written a `dog_cat_classifier.onnx` beside the
 `.keras` that still matches it, else Keras; int8 is used only when asked for.
 Keras is imported only when the Keras runtime is used. Both runtimes return the probabilities
-and the pooled features, from which dogcat.verdict decides each photo's verdict, and, only when
+and the pooled features, from which the detector (dogcat.detector) and dogcat.verdict decide each
+photo's verdict and what it looks like, and, only when
 asked (`explain=True`), a Grad-CAM heatmap of where the model looked (dogcat.explain).
 """
 
@@ -20,7 +21,6 @@ import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +36,13 @@ from dogcat.artifacts import (
     file_sha256,
     load_class_names,
 )
+from dogcat.config import ConfigError, PredictConfig, load_config
+from dogcat.detector import Detector, detector_for
 from dogcat.explain import FEATURE_MAP, LOGIT_GRADIENTS, grad_cam, logit_gradients
 from dogcat.preprocessing import ImageError, ImageSource, decode_image_with_size, to_model_input
-from dogcat.verdict import Detector, VerdictRules, decide, describe, detector_for
+from dogcat.verdict import Prediction, VerdictRules, decide, describe
+
+__all__ = ["Classifier", "Prediction", "default_model_path"]  # Prediction lives in dogcat.verdict, kept importable here
 
 
 def default_model_path() -> Path:
@@ -49,36 +53,6 @@ def default_model_path() -> Path:
     if shipped is None:
         raise ArtifactError(f"No model given and no shipped {MODEL_FILENAME} found; pass a model path.")
     return shipped
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One source's result: `probabilities` maps every class name to its probability, or `error` says why not.
-
-    `verdict` is "cat", "dog", "neither", "unsure" or "too_small" (dogcat.verdict.decide);
-    `text` says it in words. `size` is the photo's upright (width, height) as given.
-    `features` are the pooled network features the detector read (None where the runtime has none).
-    `heatmap` is the Grad-CAM map (H, W) in [0, 1] for `label`, when explaining (dogcat.explain.overlay draws it).
-    """
-
-    source: str
-    probabilities: dict[str, float] | None = None
-    error: str | None = None
-    verdict: str | None = None
-    text: str | None = None
-    size: tuple[int, int] | None = None
-    features: np.ndarray | None = field(default=None, repr=False, compare=False)
-    heatmap: np.ndarray | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def label(self) -> str | None:
-        if self.probabilities is None:
-            return None
-        return max(self.probabilities, key=self.probabilities.__getitem__)
-
-    @property
-    def confidence(self) -> float | None:
-        return None if self.probabilities is None else max(self.probabilities.values())
 
 
 # int8 flips labels only near the boundary: a photo whose int8 top probability is under this is
@@ -226,13 +200,15 @@ class Classifier:
         cls,
         model_path: str | Path | None = None,
         class_names_path: str | Path | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         runtime: str | None = None,
     ) -> Classifier:
         """Load a `.keras` model (or its ONNX twin) and the `class_names.pkl` beside it.
 
         `runtime`: "auto" (ONNX if a matching export exists, else Keras), "keras", "onnx" or
         "onnx-int8" (the int8 twin, for bulk work); default $DOGCAT_RUNTIME, else "auto".
+        The verdict rules and the batch size are the model's `[predict]` settings, from the
+        `config.toml` its run saved beside it (`predict_config_for`); `batch_size` overrides.
         """
         runtime = runtime or os.environ.get("DOGCAT_RUNTIME") or "auto"
         if runtime not in RUNTIMES:
@@ -260,7 +236,8 @@ class Classifier:
             detector = None
             warning = (f"{model_path.with_name(ONNX_FILENAME)} has no features output, so no 'neither' verdicts "
                        f"(run `dogcat export {model_path}` again)")
-        classifier = cls(runner, class_names, batch_size, detector)
+        settings = predict_config_for(model_path)
+        classifier = cls(runner, class_names, batch_size or settings.batch_size, detector, VerdictRules.from_config(settings))
         classifier.verdict_warning = warning
         return classifier
 
@@ -336,7 +313,10 @@ class Classifier:
             return [Prediction(name, error=item) for name, item in zip(names, decoded, strict=True)]
         inputs = to_model_input(np.stack([image for image, _ in good]))
         probabilities, features, maps = self._run(inputs, explain)
-        neither = self.detector.flags(features) if self.detector is not None and features is not None else [None] * len(good)
+        neither, looks_like = [None] * len(good), [None] * len(good)
+        if self.detector is not None and features is not None:
+            judged = self.detector.judge(features)
+            neither, looks_like = judged.neither, judged.looks_like
         recheck = getattr(self.runner, "recheck", None)
         if recheck is not None and features is not None and np.any(neither):
             # int8's features move the detector's distances: a photo int8 calls "neither" is
@@ -346,23 +326,26 @@ class Classifier:
             probabilities[rows], features[rows] = again[0], again[1]
             if explain:
                 maps[rows] = again[2]
-            neither[rows] = self.detector.flags(again[1])
+            judged = self.detector.judge(again[1])
+            neither[rows] = judged.neither
+            for row, seen in zip(rows, judged.looks_like, strict=True):
+                looks_like[row] = seen
         if features is None:
             features = [None] * len(good)
         # Each photo's map for the class it was labelled (argmax), whatever its verdict.
         heatmaps = [m[..., int(np.argmax(p))] for m, p in zip(maps, probabilities, strict=True)] if explain else [None] * len(good)
-        results = iter(zip(good, probabilities, neither, features, heatmaps, strict=True))
+        results = iter(zip(good, probabilities, neither, looks_like, features, heatmaps, strict=True))
         predictions = []
         for name, item in zip(names, decoded, strict=True):
             if isinstance(item, str):
                 predictions.append(Prediction(name, error=item))
                 continue
-            (_, size), row, is_neither, pooled, heatmap = next(results)
+            (_, size), row, is_neither, seen, pooled, heatmap = next(results)
             named = {self.class_names[c]: float(p) for c, p in enumerate(row)}
             verdict = decide(named, size, None if is_neither is None else bool(is_neither), rules)
             text = describe(verdict, named, size, rules)
-            predictions.append(Prediction(name, named, verdict=verdict, text=text, size=size, features=pooled,
-                                          heatmap=heatmap))
+            predictions.append(Prediction(name, named, verdict=verdict, text=text, size=size, looks_like=seen,
+                                          features=pooled, heatmap=heatmap))
         return predictions
 
     def classify_one(self, source: ImageSource) -> Prediction:
@@ -373,6 +356,20 @@ class Classifier:
         """{class name: probability} for one image; raises ImageError with a one-line reason."""
         image = to_model_input(decode_image_with_size(source, self.image_size)[0])
         return {self.class_names[c]: float(p) for c, p in enumerate(self.predict_batch(image)[0])}
+
+
+def predict_config_for(model_path: str | Path) -> PredictConfig:
+    """The `[predict]` settings saved with the model's run (`config.toml` beside it), else the defaults.
+
+    A damaged or foreign config.toml is not a reason to refuse predictions: the defaults serve.
+    """
+    path = Path(model_path).with_name("config.toml")
+    if not path.is_file():
+        return PredictConfig()
+    try:
+        return load_config(path).predict
+    except (ConfigError, OSError):
+        return PredictConfig()
 
 
 def decode_sources(sources: Sequence[ImageSource], names: Sequence[str], image_size: int) -> list[tuple[np.ndarray, tuple[int, int]] | str]:

@@ -143,7 +143,7 @@ def inference_model(model: keras.Model) -> keras.Model:
 
 
 def with_features(model: keras.Model, feature_map: bool = False) -> keras.Model:
-    """The classifier with a second output: the detector's features (dogcat.verdict.FEATURE_BLOCKS).
+    """The classifier with a second output: the detector's features (dogcat.detector.FEATURE_BLOCKS).
 
     Shares `model`'s layers and weights. The second output is the head's pooled features and
     the pooled outputs of the named base layers, side by side, from the same forward pass.
@@ -151,7 +151,7 @@ def with_features(model: keras.Model, feature_map: bool = False) -> keras.Model:
     (dogcat.explain); a separate model, so plain predictions never compute or copy it.
     Raises ValueError for a model that is not a dogcat classifier (no base, or no such layers).
     """
-    from dogcat.verdict import FEATURE_BLOCKS
+    from dogcat.detector import FEATURE_BLOCKS
 
     base = model.get_layer(BASE_NAME)
     inner = [base.get_layer(name).output for name, _ in FEATURE_BLOCKS if name != HEAD_LAYERS[0]]

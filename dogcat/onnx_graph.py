@@ -2,7 +2,7 @@
 
 One writer serves two jobs. `dogcat export` writes the whole classifier for serving, with
 the probabilities, the pooled features that the "neither" detector reads
-(dogcat.verdict.FEATURE_BLOCKS), and what Grad-CAM needs (dogcat.explain): the base's feature map
+(dogcat.detector.FEATURE_BLOCKS), and what Grad-CAM needs (dogcat.explain): the base's feature map
 and the logits' gradient with respect to the pooled features, computed in the graph from the
 head's weights because ONNX Runtime alone cannot read them back. Callers ask for those two
 outputs only when explaining, so plain predictions do not transfer them. Fast training writes
@@ -24,7 +24,7 @@ from dogcat.model import BASE_NAME, HEAD_LAYERS
 
 OPSET = 17
 PROBABILITIES = "probabilities"  # (N, classes): the classifier's softmax output
-FEATURES = "features"  # (N, width): the detector's input, dogcat.verdict.FEATURE_BLOCKS side by side
+FEATURES = "features"  # (N, width): the detector's input, dogcat.detector.FEATURE_BLOCKS side by side
 
 
 class UnsupportedLayer(ValueError):
@@ -49,12 +49,12 @@ def classifier_to_onnx(model: keras.Model):
 
     The head is dogcat's (dogcat.model.HEAD_LAYERS): global average pooling, Dense + ReLU,
     Dropout (an identity at inference) and Dense + softmax. FEATURES is the pooling's output and
-    the pooled outputs of the base layers that dogcat.verdict.FEATURE_BLOCKS names, side by side.
+    the pooled outputs of the base layers that dogcat.detector.FEATURE_BLOCKS names, side by side.
     LOGIT_GRADIENTS is dogcat.explain.logit_gradients, written with the head's own Gemm weights.
     """
     from onnx import helper
 
-    from dogcat.verdict import FEATURE_BLOCKS
+    from dogcat.detector import FEATURE_BLOCKS
 
     base = model.get_layer(BASE_NAME)
     graph, x = _start(model)

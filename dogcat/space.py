@@ -38,6 +38,7 @@ from dogcat import __version__
 from dogcat.artifacts import (
     CLASS_NAMES_FILENAME,
     DETECTOR_FILENAME,
+    IMAGENET_HEAD_FILENAME,
     MODEL_FILENAME,
     ONNX_FILENAME,
     bundled_file,
@@ -46,6 +47,7 @@ from dogcat.artifacts import (
     write_text_atomic,
 )
 from dogcat.config import Config, ConfigError, load_config
+from dogcat.detector import DESCRIPTION, imagenet_head_path
 from dogcat.inference import OnnxRunner, onnx_runner_for
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -152,6 +154,9 @@ def build_space(out_dir: str | Path, model_path: str | Path | None = None) -> Pa
         for name in MODEL_SIDE_FILES:
             if model.with_name(name).is_file():
                 shutil.copy2(model.with_name(name), models / name)
+        head = imagenet_head_path(model)  # the detector reads it: beside the model, or the shipped one
+        if (models / DETECTOR_FILENAME).is_file() and head is not None:
+            shutil.copy2(head, models / IMAGENET_HEAD_FILENAME)
         (staging / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
         (staging / "README.md").write_text(space_readme(models, class_names, requirements, serves_onnx), encoding="utf-8")
         written = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
@@ -311,9 +316,9 @@ def space_readme(models: Path, class_names: dict[int, str], requirements: list[s
            "from the `.keras` file above (its sha256 is in the export's metadata), with the features the detector "
            "reads."] if serves_onnx else []),
         f"- `models/{CLASS_NAMES_FILENAME}`: {{{names}}}.",
-        *([f"- `models/{DETECTOR_FILENAME}`: the \"neither\" detector. A photo whose pooled MobileNetV2 features are "
-           "far (cosine distance to the k-th nearest) from every training photo's is called neither; the threshold "
-           "turns away about 1% of the validation cats and dogs."] if (models / DETECTOR_FILENAME).is_file() else []),
+        *([f"- `models/{DETECTOR_FILENAME}`: the \"neither\" detector, and `models/{IMAGENET_HEAD_FILENAME}`: "
+           "MobileNetV2's ImageNet-1k classifier layer it reads (from TensorFlow's 8-bit MobileNetV2, Apache 2.0). "
+           + DESCRIPTION] if (models / DETECTOR_FILENAME).is_file() else []),
         "",
         "## Data",
         "",
@@ -333,8 +338,8 @@ def space_readme(models: Path, class_names: dict[int, str], requirements: list[s
         "## Limits",
         "",
         *(["- The classifier knows two classes only and gives P(cat) and P(dog) for any image; the \"neither\" "
-           "verdict comes from the detector beside it. It still lets through some animals that look like pets "
-           "(big cats, some wild mammals), and turns away about 1-2% of real cats and dogs."]
+           "verdict comes from the detector beside it. It still lets through some farm animals and people close "
+           "to the training photos, and turns away about 1% of real cats and dogs."]
           if (models / DETECTOR_FILENAME).is_file() else
           ["- It knows two classes only, so it answers cat or dog for **any** image: a car, a rocket or a "
            "person gets one of the two labels, sometimes with high confidence (no detector was built for this model)."]),

@@ -14,7 +14,7 @@ the same `--run-dir` again resumes after the last finished epoch. At the end the
 are restored, a softmax temperature fitted on the validation split is folded into the last layer
 (`train.calibrate`, dogcat.calibration), and the run folder holds `dog_cat_classifier.keras`, `class_names.pkl`,
 its ONNX twin `dog_cat_classifier.onnx`, the "neither" detector `dog_cat_detector.npz` (fitted on the
-training and validation photos, dogcat.verdict), `config.toml` (the resolved config),
+training and validation photos, dogcat.detector), `config.toml` (the resolved config),
 `history.csv`, `metrics.json` and `training_curves.png`.
 """
 
@@ -46,10 +46,9 @@ from dogcat.calibration import fit_temperature, fold_temperature, log_loss_at, l
 from dogcat.config import Config, load_config, validate_config
 from dogcat.data import LABELS, Split, read_split
 from dogcat.dataset import ImageBatches, decode_all
-from dogcat.export import export_onnx
+from dogcat.export import export_onnx, fit_detector_beside
 from dogcat.features import CachedViews, cache_activations, split_model, trunk_function, view_keys
 from dogcat.model import build_model, set_fine_tuning
-from dogcat.verdict import fit_detector_beside
 
 CHECKPOINT_FILENAME = "checkpoint.weights.h5"
 OPTIMIZER_FILENAME = "optimizer.npz"
@@ -164,7 +163,7 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
     save_atomic(run_dir / MODEL_FILENAME, final.save)
     save_class_names(run_dir / CLASS_NAMES_FILENAME, CLASS_NAMES)
     # The ONNX twin (the fast runtime, and the pooled features) and the "neither" detector beside
-    # the model: a finished run folder serves verdicts as it is (dogcat.verdict).
+    # the model: a finished run folder serves verdicts as it is (dogcat.detector).
     if deployable:
         export_onnx(run_dir / MODEL_FILENAME)
         fit_detector_beside(run_dir / MODEL_FILENAME, config.data.dir, config.predict.turn_away, log)

@@ -13,6 +13,9 @@ TINY_SIZE = 32
 # Real photos from the Kaggle sample, both in the shipped model's held-out test split.
 REAL_CAT, REAL_DOG = "cat.10086.jpg", "dog.10057.jpg"  # MobileNetV2's smallest input: builds and runs in a fraction of a second
 REPO = Path(__file__).resolve().parents[1]
+# Photos for measuring verdicts on other domains than Kaggle's (pets-dev, ood-dev): never shipped;
+# tests that read them skip where they are absent.
+DEV_PHOTOS = Path(os.environ.get("DOGCAT_DEV_PHOTOS", REPO.parent / "shared" / "data"))
 
 
 @pytest.fixture(scope="session")

@@ -1,31 +1,22 @@
-"""Verdicts: the one decision function, the detector artifact and its hash tie, and real photos."""
+"""Verdicts: the one decision function, the detector artifact and its hash ties, the ImageNet gate, and real photos."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import shutil
+import zipfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from dogcat.artifacts import DETECTOR_FILENAME, ArtifactError, file_sha256
+from dogcat.artifacts import DETECTOR_FILENAME, IMAGENET_HEAD_FILENAME, ArtifactError, file_sha256
+from dogcat.detector import BIG_CATS, DOG_BREEDS, DOMESTIC_CATS, PETS, Detector, ImageNetHead, detector_for, fit_detector
 from dogcat.inference import Classifier
-from dogcat.verdict import (
-    CAT,
-    DOG,
-    NEITHER,
-    TOO_SMALL,
-    UNSURE,
-    Detector,
-    VerdictRules,
-    decide,
-    describe,
-    detector_for,
-    fit_detector,
-)
-from tests.conftest import REAL_CAT, REAL_DOG, REPO
+from dogcat.verdict import CAT, DOG, NEITHER, TOO_SMALL, UNSURE, LooksLike, VerdictRules, decide, describe, hint
+from tests.conftest import DEV_PHOTOS, REAL_CAT, REAL_DOG, REPO
 
 SHIPPED = REPO / "models"
 EXAMPLES = REPO / "demos" / "examples"
@@ -58,6 +49,17 @@ def test_describe_says_the_verdict_in_words():
         "Too small to judge (40x20 px; needs 32 px on the shorter side)")
     assert describe(UNSURE, {"cat": 0.45, "dog": 0.55}, (99, 99), rules) == "Not sure (maybe dog)"
     assert describe(CAT, {"cat": 0.9, "dog": 0.1}, (99, 99), rules) == "Cat"
+
+
+def test_the_hint_says_what_it_looks_like_only_where_that_says_something():
+    tiger, dalmatian = LooksLike("tiger", 0.84), LooksLike("Dalmatian", 0.91, DOG)
+    assert hint(NEITHER, tiger) == "looks like a tiger (84%)"
+    assert hint(UNSURE, LooksLike("Egyptian cat", 0.4, CAT)) == "looks like an Egyptian cat (40%)"
+    assert hint(DOG, dalmatian) == "looks like a Dalmatian (91%)"
+    assert hint(CAT, dalmatian) is None  # a cat that "looks like a Dalmatian" would contradict the verdict
+    assert hint(DOG, LooksLike("pillow", 0.06)) is None
+    assert hint(TOO_SMALL, tiger) is None
+    assert hint(NEITHER, None) is None
 
 
 # --- the detector -----------------------------------------------------------------------------------
@@ -102,7 +104,7 @@ def test_each_feature_block_counts(fitted):
 def test_detector_round_trips_and_loads_without_pickle(fitted, tmp_path):
     detector, rng = fitted
     detector.save(tmp_path / DETECTOR_FILENAME)
-    loaded = Detector.load(tmp_path / DETECTOR_FILENAME)
+    loaded = Detector.load(tmp_path / DETECTOR_FILENAME, expected=BLOCKS)
     features = rng.normal(0, 1, (20, 16)).astype(np.float32)
     np.testing.assert_allclose(loaded.scores(features), detector.scores(features), rtol=1e-3, atol=1e-3)
     assert (loaded.threshold, loaded.keras_sha256) == (detector.threshold, "f" * 64)
@@ -126,6 +128,64 @@ def test_a_foreign_or_malicious_detector_file_is_refused_in_one_line(tmp_path, k
     assert "\n" not in str(caught.value)
 
 
+def _fake_head(pet_rows: bool) -> ImageNetHead:
+    """A head on the 12-wide "pool" block: direction 7 reads as a dog breed (pet_rows) or as a tiger."""
+    kernel = np.zeros((12, 1001), np.float32)
+    kernel[7, PETS[0] if pet_rows else BIG_CATS[-2]] = 20.0
+    return ImageNetHead(kernel, np.zeros(1001, np.float32), [f"class {i}" for i in range(1001)], "h" * 64)
+
+
+@pytest.mark.parametrize("pet", [True, False])
+def test_a_far_photo_is_neither_only_where_imagenet_sees_no_pet(pet):
+    """Far from every training photo in both blocks: a pet by ImageNet's reading is kept, a tiger is not."""
+    rng = np.random.default_rng(0)
+    train, val = (np.concatenate([_photos(rng, 100, 0), _photos(rng, 100, 1)]) for _ in range(2))
+    detector = fit_detector(train, np.repeat([0, 1], 100), val, "f" * 64, BLOCKS, 0.02, _fake_head(pet), 0.9)
+    far = _photos(rng, 50, 7)
+    assert (detector.scores(far) > detector.threshold).all()
+    judged = detector.judge(far)
+    assert judged.neither.tolist() == [not pet] * 50
+    assert {seen.name for seen in judged.looks_like} == {f"class {PETS[0] if pet else BIG_CATS[-2]}"}
+    assert judged.looks_like[0].animal == (DOG if pet else None)
+    assert detector.info["imagenet_used"] is True
+    assert detector.imagenet_sha256 == "h" * 64
+
+
+def test_a_head_that_no_longer_reads_imagenet_is_not_used(tiny_model_dir, tmp_path):
+    """Agreement with the frozen network under the minimum: distance alone, said in one warning line."""
+    rng = np.random.default_rng(0)
+    train, val = (np.concatenate([_photos(rng, 100, 0), _photos(rng, 100, 1)]) for _ in range(2))
+    detector = fit_detector(train, np.repeat([0, 1], 100), val, "f" * 64, BLOCKS, 0.02, _fake_head(True), 0.3)
+    assert detector.head is None
+    assert detector.imagenet_sha256 is None
+    assert detector.flags(_photos(rng, 50, 7)).all()  # the pet reading no longer rescues anything
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    detector.keras_sha256 = file_sha256(folder / "dog_cat_classifier.keras")
+    detector.save(folder / DETECTOR_FILENAME)
+    found, warning = detector_for(folder / "dog_cat_classifier.keras", expected=BLOCKS)
+    assert found is not None
+    assert found.head is None
+    assert "read ImageNet classes on only 30% of validation photos" in warning
+    assert "\n" not in warning
+
+
+@pytest.mark.parametrize("damage", ["nan-val-mean", "wrong-width", "inflates"])
+def test_a_tampered_detector_is_refused_before_use(fitted, tmp_path, damage):
+    detector, _ = fitted
+    path = tmp_path / DETECTOR_FILENAME
+    if damage == "nan-val-mean":  # would switch "neither" off without a word
+        detector.blocks[0].val_mean = float("nan")
+    detector.save(path)
+    if damage == "inflates":  # a small file whose members inflate past the limit
+        with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("padding.npy", b"\0" * (65 * 2**20))
+    expected = (("pool", 12), ("trunk", 5)) if damage == "wrong-width" else BLOCKS
+    with pytest.raises(ArtifactError, match="inflate|Not a dogcat detector file") as caught:
+        Detector.load(path, expected=expected)
+    assert "\n" not in str(caught.value)
+
+
 def test_a_stale_or_missing_detector_means_cat_dog_verdicts_and_a_warning(tiny_model_dir, tmp_path, fitted):
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
@@ -135,13 +195,13 @@ def test_a_stale_or_missing_detector_means_cat_dog_verdicts_and_a_warning(tiny_m
     assert f"no {folder / DETECTOR_FILENAME} beside the model" in detector_for(model)[1]
 
     detector.save(folder / DETECTOR_FILENAME)  # fitted for another .keras ("fff...")
-    found, warning = detector_for(model)
+    found, warning = detector_for(model, expected=BLOCKS)
     assert found is None
     assert warning == (f"{folder / DETECTOR_FILENAME} was fitted for a different .keras file, so no 'neither' "
                        f"verdicts (run `dogcat detector fit {model} DATA_DIR`)")
-    classifier = Classifier.from_path(model)
+    classifier = Classifier.from_path(model)  # its runtime's features are 1,440 wide, not this file's 16
     assert classifier.detector is None
-    assert classifier.verdict_warning == warning
+    assert classifier.verdict_warning.startswith("Not a dogcat detector file (unexpected contents)")
     assert classifier.predict([np.zeros((96, 96, 3), np.uint8)])[0].verdict in {CAT, DOG, UNSURE}
 
 
@@ -207,10 +267,17 @@ def test_predict_json_and_csv_carry_the_verdict_and_size(capsys):
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["verdict"], r["label"]) for r in rows] == [(NEITHER, "cat"), (CAT, "cat")]
     assert rows[1]["size"] == [451, 300]
+    head = ImageNetHead.load(SHIPPED / IMAGENET_HEAD_FILENAME)
+    cats = {head.names[i] for i in DOMESTIC_CATS}
+    assert rows[1]["looks_like"]["name"] in cats  # Chelsea is a tabby: ImageNet names a domestic cat
+    assert rows[0]["looks_like"]["name"] not in cats | {head.names[i] for i in DOG_BREEDS}
+    assert all(0 < r["looks_like"]["probability"] < 1 for r in rows)
     assert main(["predict", "--csv", *photos]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "path,verdict,label,p_cat,p_dog,width,height,error"
-    assert [line.split(",")[1] for line in lines[1:]] == [NEITHER, CAT]
+    lines = list(csv.reader(capsys.readouterr().out.splitlines()))
+    assert lines[0] == ["path", "verdict", "label", "p_cat", "p_dog", "width", "height", "looks_like", "p_looks_like", "error"]
+    assert [line[1] for line in lines[1:]] == [NEITHER, CAT]
+    assert [(line[7], float(line[8])) for line in lines[1:]] == [
+        (r["looks_like"]["name"], pytest.approx(r["looks_like"]["probability"], abs=1e-6)) for r in rows]
 
 
 def test_detector_fit_command_ties_a_detector_to_the_model(tiny_model_dir, tiny_dataset, tmp_path, capsys):
@@ -226,18 +293,20 @@ def test_detector_fit_command_ties_a_detector_to_the_model(tiny_model_dir, tiny_
 
     assert main(["detector", "fit", str(model), str(tiny_dataset), "--turn-away", "0.2"]) == 0
     classifier = Classifier.from_path(model)
-    assert classifier.verdict_warning is None
+    # An untrained model's features read no ImageNet class: distance alone, and it says so.
+    assert "'neither' is judged on feature distance alone" in classifier.verdict_warning
+    assert classifier.detector.head is None
     assert classifier.detector.keras_sha256 == file_sha256(model)
     assert classifier.detector.info["train_photos"] == 16
     assert main(["predict", "--model", str(model), str(tiny_dataset / "test")]) == 0
-    assert capsys.readouterr().err == ""
+    assert capsys.readouterr().err == f"dogcat: warning: {classifier.verdict_warning}\n"
     assert main(["detector", "fit", str(model), str(tiny_dataset), "--turn-away", "nan"]) == 2
     assert capsys.readouterr().err.strip().endswith("Received: turn_away=nan")
 
 
 def test_evaluate_reports_turned_away_and_the_neither_folder(tiny_model_dir, tiny_dataset, tmp_path, capsys):
     from dogcat.cli import main
-    from dogcat.verdict import fit_detector_beside
+    from dogcat.export import fit_detector_beside
 
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
@@ -257,3 +326,82 @@ def test_evaluate_reports_turned_away_and_the_neither_folder(tiny_model_dir, tin
     assert metrics["neither_folder"]["count"] == 3
     assert set(metrics["neither_folder"]["categories"]) == {"noise"}
     assert metrics["detector"] is True
+
+
+# --- the ImageNet gate on real photos from other domains (pets-dev, ood-dev: never shipped) ---------
+
+RESCUED_DOG = DEV_PHOTOS / "pets-dev" / "dog" / "oxa__datasets__oxford-pets__data__sample_images__dogs__keeshond_139.jpg"
+TIGER = DEV_PHOTOS / "ood-dev" / "bigcat" / "bsds__BSR__BSDS500__data__images__test__108069.jpg"
+needs_dev_photos = pytest.mark.skipif(not (RESCUED_DOG.is_file() and TIGER.is_file()), reason="no pets-dev / ood-dev photos")
+
+
+@needs_shipped
+@needs_dev_photos
+@pytest.mark.parametrize("runtime", ["onnx", "keras", "onnx-int8"])
+def test_a_dog_unlike_the_training_photos_is_a_dog_and_a_tiger_is_neither(runtime):
+    """The keeshond is far from every Kaggle photo (distance alone turned it away); ImageNet sees a dog breed."""
+    classifier = Classifier.from_path(runtime=runtime)
+    assert classifier.verdict_warning is None
+    dog, tiger = classifier.predict([RESCUED_DOG, TIGER])
+    assert (dog.verdict, dog.looks_like.animal) == (DOG, DOG)
+    if runtime != "onnx-int8":  # int8's features put this dog just under the distance threshold
+        assert classifier.detector.scores(dog.features[None])[0] > classifier.detector.threshold  # far, yet kept
+    assert dog.sentence == f"Dog: looks like a {dog.looks_like.name} ({dog.looks_like.probability:.0%})"
+    assert tiger.verdict == NEITHER
+    assert tiger.looks_like.name in {classifier.detector.head.names[i] for i in BIG_CATS}
+    assert tiger.sentence.startswith("Neither a cat nor a dog: looks like a ")
+    if runtime == "onnx-int8":  # int8's features put this dog just under the distance threshold
+        return
+    classifier.detector.head = None  # distance alone, the rule before the ImageNet head
+    assert classifier.predict([RESCUED_DOG])[0].verdict == NEITHER
+
+
+def _model_folder_copy(tmp_path):
+    folder = tmp_path / "model"
+    shutil.copytree(SHIPPED, folder, ignore=shutil.ignore_patterns("*.png", "*.md", "*.int8.onnx"))
+    return folder, folder / "dog_cat_classifier.keras"
+
+
+@needs_shipped
+def test_a_different_imagenet_head_is_refused_by_its_hash_with_one_warning(tmp_path):
+    folder, model = _model_folder_copy(tmp_path)
+    with np.load(folder / IMAGENET_HEAD_FILENAME, allow_pickle=False) as archive:
+        arrays = dict(archive)
+    arrays["bias"] = arrays["bias"] + 1  # still a valid head file, not the one the detector was fitted with
+    np.savez_compressed(folder / IMAGENET_HEAD_FILENAME, **arrays)
+    classifier = Classifier.from_path(model)
+    assert classifier.detector is not None
+    assert classifier.detector.head is None
+    assert classifier.verdict_warning == (
+        f"{folder / IMAGENET_HEAD_FILENAME} is not the ImageNet head the detector was fitted with, so 'neither' is "
+        f"judged on feature distance alone, with no 'looks like' (run `dogcat detector fit {model} DATA_DIR`)")
+    prediction = classifier.predict([EXAMPLES / "rocket.jpg"])[0]
+    assert (prediction.verdict, prediction.looks_like) == (NEITHER, None)
+
+
+@needs_shipped
+def test_a_missing_imagenet_head_means_distance_alone_and_one_warning(tmp_path, monkeypatch):
+    import dogcat.detector
+
+    folder, model = _model_folder_copy(tmp_path)
+    (folder / IMAGENET_HEAD_FILENAME).unlink()
+    monkeypatch.setattr(dogcat.detector, "bundled_file", lambda *_: None)  # no shipped one either
+    classifier = Classifier.from_path(model)
+    assert classifier.detector.head is None
+    assert classifier.verdict_warning.startswith(f"ImageNet head file not found. Received: path='{folder / IMAGENET_HEAD_FILENAME}'")
+    assert "\n" not in classifier.verdict_warning
+    assert classifier.predict([EXAMPLES / "cat-chelsea.jpg"])[0].verdict == CAT
+
+
+@needs_shipped
+def test_the_models_saved_predict_settings_drive_its_verdicts(tmp_path):
+    """[predict] in the config.toml saved with a run: a stricter threshold makes the model unsure."""
+    folder, model = _model_folder_copy(tmp_path)
+    config = (folder / "config.toml").read_text()
+    before, after = config.split("[predict]")
+    after = after.replace("threshold = 0.6", "threshold = 0.999").replace("batch_size = 32", "batch_size = 3")
+    (folder / "config.toml").write_text(f"{before}[predict]\nmin_side = 500{after}")
+    classifier = Classifier.from_path(model)
+    assert (classifier.rules, classifier.batch_size) == (VerdictRules(unsure_below=0.999, min_side=500), 3)
+    assert classifier.predict([EXAMPLES / "cat-chelsea.jpg"])[0].verdict == TOO_SMALL  # 451x300, under 500
+    assert Classifier.from_path().rules == VerdictRules(unsure_below=0.6, min_side=80)
