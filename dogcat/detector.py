@@ -123,7 +123,7 @@ class ImageNetHead:
     sha256: str  # of the file it came from: the detector records which head it was fitted with
 
     def logits(self, features: np.ndarray) -> np.ndarray:
-        return np.asarray(features, np.float32)[:, : len(self.kernel)] @ self.kernel + self.bias
+        return _matmul(np.asarray(features, np.float32)[:, : len(self.kernel)], self.kernel) + self.bias
 
     def pet_probability(self, logits: np.ndarray, temperature: float = PET_TEMPERATURE) -> np.ndarray:
         """The share of the (sharpened) ImageNet probability on dog breeds and domestic cats."""
@@ -190,7 +190,7 @@ class FeatureBlock:
             self._cache = (precision, means_precision, np.einsum("cd,cd->c", means_precision, self.means))
         precision, means_precision, means_term = self._cache
         x = _normalise(features)
-        distances = np.einsum("nd,nd->n", x @ precision, x)[:, None] - 2 * x @ means_precision.T + means_term
+        distances = np.einsum("nd,nd->n", _matmul(x, precision), x)[:, None] - 2 * x @ means_precision.T + means_term
         return distances.min(axis=1)
 
     def standardised(self, features: np.ndarray) -> np.ndarray:
@@ -391,7 +391,7 @@ def detector_for(model_path: str | Path, expected: tuple[tuple[str, int], ...] =
         agreement = detector.info.get("imagenet_agreement")
         why = ("was fitted without the ImageNet head" if agreement is None else
                f"found the model's features read ImageNet classes on only {agreement:.0%} of validation photos "
-               f"(under {MIN_IMAGENET_AGREEMENT:.0%}: too many fine-tuned blocks)")
+               f"(under {MIN_IMAGENET_AGREEMENT:.0%}: its features have moved too far from ImageNet's)")
         return detector, f"{path} {why}, so 'neither' is judged on feature distance alone and real pets unlike the training photos may be turned away"
     head_path = imagenet_head_path(model_path)
     try:
@@ -403,6 +403,15 @@ def detector_for(model_path: str | Path, expected: tuple[tuple[str, int], ...] =
                           f"on feature distance alone, with no 'looks like' ({refit})")
     detector.head = head
     return detector, None
+
+
+def _matmul(rows: np.ndarray, matrix: np.ndarray) -> np.ndarray:
+    """rows @ matrix. For a photo or two, a single-threaded einsum: right after an ONNX Runtime call,
+    BLAS's threads wake onto cores ORT's threads still spin on, and one 1280-wide product took
+    ~5 ms instead of ~0.4 ms (2-core machine, benchmarks/verdicts.py); a batch keeps BLAS."""
+    if len(rows) <= 2:
+        return np.einsum("nd,dk->nk", rows, matrix, optimize=False)
+    return rows @ matrix
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:

@@ -166,7 +166,13 @@ def fit_detector_beside(model_path: str | Path, data_dir: str | Path, turn_away:
     """
     from dogcat.config import PredictConfig
     from dogcat.data import read_split
-    from dogcat.detector import FEATURE_BLOCKS, MIN_IMAGENET_AGREEMENT, ImageNetHead, fit_detector, imagenet_head_path
+    from dogcat.detector import (
+        FEATURE_BLOCKS,
+        MIN_IMAGENET_AGREEMENT,
+        ImageNetHead,
+        fit_detector,
+        imagenet_head_path,
+    )
     from dogcat.inference import Classifier
 
     model_path = Path(model_path)

@@ -68,10 +68,66 @@ MUTATIONS = [
          "tests/test_features.py::test_training_the_top_on_cached_activations_equals_training_the_model"),
     ),
     Mutation(
-        "detector used without checking its sha256 tie to the .keras", "dogcat/verdict.py",
+        "detector used without checking its sha256 tie to the .keras", "dogcat/detector.py",
         "    if detector.keras_sha256 != file_sha256(model_path):",
         "    if False:",
         ("tests/test_verdict.py::test_a_stale_or_missing_detector_means_cat_dog_verdicts_and_a_warning",),
+    ),
+    Mutation(
+        "the ImageNet head ignored: every far photo is neither", "dogcat/detector.py",
+        "        return Judgement(far & (pet < self.info.get(\"pet_at_least\", PET_AT_LEAST)), self.head.looks_like(logits))",
+        "        return Judgement(far, self.head.looks_like(logits))",
+        ("tests/test_verdict.py::test_a_far_photo_is_neither_only_where_imagenet_sees_no_pet",
+         "tests/test_verdict.py::test_a_dog_unlike_the_training_photos_is_a_dog_and_a_tiger_is_neither"),
+    ),
+    Mutation(
+        "the ImageNet head used without its sha256 tie to the detector", "dogcat/detector.py",
+        "    if head.sha256 != detector.imagenet_sha256:",
+        "    if False:",
+        ("tests/test_verdict.py::test_a_different_imagenet_head_is_refused_by_its_hash_with_one_warning",),
+    ),
+    Mutation(
+        "the head's drift from ImageNet not checked", "dogcat/detector.py",
+        "    reads_true = head is not None and imagenet_agreement is not None and imagenet_agreement >= MIN_IMAGENET_AGREEMENT",
+        "    reads_true = head is not None",
+        ("tests/test_verdict.py::test_a_head_that_no_longer_reads_imagenet_is_not_used",),
+    ),
+    Mutation(
+        "a detector with a NaN validation mean loads", "dogcat/detector.py",
+        " and math.isfinite(b.val_mean) and", " and",
+        ("tests/test_verdict.py::test_a_tampered_detector_is_refused_before_use",),
+    ),
+    Mutation(
+        "predict --csv leaves looks_like empty", "dogcat/cli.py",
+        "            seen = (result.looks_like.name, f\"{result.looks_like.probability:.6f}\") if result.looks_like else (\"\", \"\")",
+        "            seen = (\"\", \"\")",
+        ("tests/test_verdict.py::test_predict_json_and_csv_carry_the_verdict_and_size",),
+    ),
+    Mutation(
+        "a model's saved [predict] settings ignored", "dogcat/inference.py",
+        "        settings = predict_config_for(model_path)\n",
+        "        settings = PredictConfig()\n",
+        ("tests/test_verdict.py::test_the_models_saved_predict_settings_drive_its_verdicts",),
+    ),
+    Mutation(
+        "an import circle: explain reads Prediction from inference again", "dogcat/explain.py",
+        "    from dogcat.verdict import Prediction", "    from dogcat.inference import Prediction",
+        ("tests/test_imports.py",),
+    ),
+    Mutation(
+        "the Streamlit app hides what a photo looks like", "demos/streamlit_app.py",
+        "    if prediction.hint:", "    if False:",
+        ("tests/test_streamlit_app.py::test_shipped_model_says_neither_for_a_photo_of_neither",),
+    ),
+    Mutation(
+        "the Gradio verdict without what it looks like", "demos/gradio_app.py",
+        "    return result.sentence, result.probabilities, looked", "    return result.text, result.probabilities, looked",
+        ("tests/test_gradio.py::test_space_of_an_exported_model_runs_without_keras_or_tensorflow",),
+    ),
+    Mutation(
+        "Parquet rows without looks_like", "dogcat/batch.py",
+        "[p.looks_like.name if p.looks_like else None for p in predictions]", "[None for p in predictions]",
+        ("tests/test_bulk.py::test_batch_on_a_cluster_gives_predicts_rows_and_an_error_row_per_bad_file",),
     ),
     Mutation(
         "neither decided before too_small", "dogcat/verdict.py",
@@ -82,7 +138,7 @@ MUTATIONS = [
         ("tests/test_verdict.py::test_decide_gives_each_outcome_in_order",),
     ),
     Mutation(
-        "detector threshold one rank off", "dogcat/verdict.py",
+        "detector threshold one rank off", "dogcat/detector.py",
         "[min(allowed, len(val_scores) - 1)]",
         "[min(allowed + 1, len(val_scores) - 1)]",
         ("tests/test_verdict.py::test_the_threshold_turns_away_the_chosen_share_of_validation_photos",),

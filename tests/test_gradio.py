@@ -10,6 +10,7 @@ import gc
 import importlib.util
 import io
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +22,7 @@ gradio_client = pytest.importorskip("gradio_client")
 yaml = pytest.importorskip("yaml")  # a Gradio dependency; parses the Space's front matter
 
 from dogcat.artifacts import CLASS_NAMES_FILENAME, MODEL_FILENAME  # noqa: E402
+from dogcat.detector import DESCRIPTION  # noqa: E402
 from dogcat.space import NOT_VENDORED, ONNX_REQUIREMENTS, REQUIREMENTS, SpaceError, build_space  # noqa: E402
 from tests.conftest import REAL_CAT, REAL_DOG, REPO, _drawn_photo  # noqa: E402
 from tests.servers import free_port, serving  # noqa: E402
@@ -259,6 +261,8 @@ def test_space_of_an_exported_model_runs_without_keras_or_tensorflow(space):
     assert "- `models/dog_cat_classifier.onnx` (" in readme
     assert "what the app serves, with ONNX Runtime" in readme
     assert "- `models/dog_cat_detector.npz`: the \"neither\" detector" in readme
+    assert DESCRIPTION in readme  # the one description of the detector, as the apps give it
+    assert (space / "models" / "imagenet_head.npz").is_file()  # what the detector reads
     # Import the app with keras and tensorflow made unimportable: it must build and answer.
     probe = (
         "import sys; sys.modules.update(keras=None, tensorflow=None); import runpy; "
@@ -270,7 +274,10 @@ def test_space_of_an_exported_model_runs_without_keras_or_tensorflow(space):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     # The detector reads the ONNX twin's features: verdicts without Keras.
-    assert result.stdout.strip().splitlines()[-1] == "onnx None ['Cat', 'Neither a cat nor a dog']"
+    runtime, warning, verdicts = result.stdout.strip().splitlines()[-1].split(" ", 2)
+    assert (runtime, warning) == ("onnx", "None")
+    assert re.fullmatch(r"\['Cat: looks like an? [^']+ cat \(\d+%\)', 'Neither a cat nor a dog: looks like an? [^']+ \(\d+%\)'\]",
+                        verdicts), verdicts
 
 
 @needs_tensorflow
@@ -377,12 +384,13 @@ def test_space_classifies_the_example_cat_and_refuses_a_corrupt_file(space, spac
 
     cat = space / "examples" / "cat-chelsea.jpg"
     verdict, label, probabilities, looked = _classify(space_client, cat, explain=True)
-    assert (verdict, label) == ("Cat", "cat")
+    assert (verdict.split(":")[0], label) == ("Cat", "cat")
+    assert verdict.startswith("Cat: looks like ")
     assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
     with Image.open(looked) as shown, Image.open(cat) as photo:
         assert shown.size == photo.size  # the ONNX-only Space draws the heatmap too
     verdict, label, _, looked = _classify(space_client, space / "examples" / "rocket.jpg")
-    assert verdict == "Neither a cat nor a dog"
+    assert verdict.startswith("Neither a cat nor a dog: looks like ")
     assert looked is None
 
     corrupt = tmp_path / "corrupt.jpg"
@@ -402,7 +410,7 @@ def test_space_classifies_real_photos_one_by_one_and_twenty_at_once(space_client
     answers = {}
     for truth, path in photos.items():
         verdict, label, probabilities, _ = _classify(space_client, path)
-        assert verdict == truth.capitalize()
+        assert verdict.split(": looks like ")[0] == truth.capitalize()  # and, for a breed, what it looks like
         assert label == truth
         assert set(probabilities) == {"cat", "dog"}
         assert probabilities[truth] > 0.9

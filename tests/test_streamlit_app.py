@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest
 
+from dogcat.detector import DESCRIPTION
 from dogcat.preprocessing import MAX_FILE_BYTES
 from tests.conftest import REAL_CAT, REAL_DOG, REPO, _drawn_photo
 
@@ -100,7 +102,7 @@ def test_about_panel_reads_accuracy_from_the_model_card(monkeypatch):
     about = " ".join(m.value for m in app.sidebar.markdown)
     assert f"{card['accuracy']:.1%} accuracy" in about
     assert f"{card['count']} held-out" in about
-    assert "**Neither a cat nor a dog** is said when" in about
+    assert DESCRIPTION in about  # the one description of the detector (dogcat.detector)
 
 
 @pytest.mark.shared_data
@@ -120,6 +122,9 @@ def test_shipped_model_says_neither_for_a_photo_of_neither(monkeypatch):
     assert not app.exception
     assert [s.value for s in app.subheader] == ["Neither a cat nor a dog"]
     assert not app.warning  # the shipped detector matches the shipped model
+    # Under the verdict: what ImageNet's classes see, worded as a hint.
+    assert any(re.fullmatch(r"Looks like an? .+ \(\d+%\)", m.value) for m in app.markdown)
+    assert "ImageNet's best guess: a hint, not a claim." in [c.value for c in app.caption]
 
 
 def test_the_heading_never_contradicts_the_bars(monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -59,6 +60,10 @@ def test_browser_upload_gives_labels_and_a_readable_error(app_url, shared_data, 
                 "() => [...document.querySelectorAll('[data-testid=\"stHeading\"] h3')]"
                 ".some(h => h.innerText.trim() === 'Neither a cat nor a dog')", timeout=60_000
             )
+            # Under each verdict (the rocket's, and the cat's and dog's breeds), what ImageNet's classes see, as a hint.
+            hints = page.get_by_text(re.compile(r"^Looks like an? .+ \(\d+%\)$")).count()
+            assert hints >= 1
+            assert page.get_by_text("ImageNet's best guess: a hint, not a claim.").count() == hints
 
             uploader.set_input_files([corrupt])
             error = page.locator('[data-testid="stAlertContentError"]')

@@ -13,9 +13,29 @@ import pytest
 from PIL import Image
 
 from dogcat.artifacts import DETECTOR_FILENAME, IMAGENET_HEAD_FILENAME, ArtifactError, file_sha256
-from dogcat.detector import BIG_CATS, DOG_BREEDS, DOMESTIC_CATS, PETS, Detector, ImageNetHead, detector_for, fit_detector
+from dogcat.detector import (
+    BIG_CATS,
+    DOG_BREEDS,
+    DOMESTIC_CATS,
+    PETS,
+    Detector,
+    ImageNetHead,
+    detector_for,
+    fit_detector,
+)
 from dogcat.inference import Classifier
-from dogcat.verdict import CAT, DOG, NEITHER, TOO_SMALL, UNSURE, LooksLike, VerdictRules, decide, describe, hint
+from dogcat.verdict import (
+    CAT,
+    DOG,
+    NEITHER,
+    TOO_SMALL,
+    UNSURE,
+    LooksLike,
+    VerdictRules,
+    decide,
+    describe,
+    hint,
+)
 from tests.conftest import DEV_PHOTOS, REAL_CAT, REAL_DOG, REPO
 
 SHIPPED = REPO / "models"
@@ -181,7 +201,7 @@ def test_a_tampered_detector_is_refused_before_use(fitted, tmp_path, damage):
         with zipfile.ZipFile(path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
             archive.writestr("padding.npy", b"\0" * (65 * 2**20))
     expected = (("pool", 12), ("trunk", 5)) if damage == "wrong-width" else BLOCKS
-    with pytest.raises(ArtifactError, match="inflate|Not a dogcat detector file") as caught:
+    with pytest.raises(ArtifactError, match=r"would inflate|Not a dogcat detector file") as caught:
         Detector.load(path, expected=expected)
     assert "\n" not in str(caught.value)
 
@@ -405,3 +425,14 @@ def test_the_models_saved_predict_settings_drive_its_verdicts(tmp_path):
     assert (classifier.rules, classifier.batch_size) == (VerdictRules(unsure_below=0.999, min_side=500), 3)
     assert classifier.predict([EXAMPLES / "cat-chelsea.jpg"])[0].verdict == TOO_SMALL  # 451x300, under 500
     assert Classifier.from_path().rules == VerdictRules(unsure_below=0.6, min_side=80)
+
+
+def test_the_docs_describe_the_detector_in_its_own_words():
+    """One description (dogcat.detector.DESCRIPTION) in the README and the model card, as the apps and the Space card give it."""
+    from dogcat.detector import DESCRIPTION
+
+    for document in (REPO / "README.md", SHIPPED / "README.md"):
+        text = " ".join(document.read_text(encoding="utf-8").split())
+        assert DESCRIPTION in text, document
+        assert "nearest-neighbour" not in text, document
+        assert "k-th nearest" not in text, document
