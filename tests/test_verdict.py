@@ -150,8 +150,8 @@ def test_a_foreign_or_malicious_detector_file_is_refused_in_one_line(tmp_path, k
 
 def _fake_head(pet_rows: bool) -> ImageNetHead:
     """A head on the 12-wide "pool" block: direction 7 reads as a dog breed (pet_rows) or as a tiger."""
-    kernel = np.zeros((12, 1001), np.float32)
-    kernel[7, PETS[0] if pet_rows else BIG_CATS[-2]] = 20.0
+    kernel = np.zeros((1001, 12), np.float32)
+    kernel[PETS[0] if pet_rows else BIG_CATS[-2], 7] = 20.0
     return ImageNetHead(kernel, np.zeros(1001, np.float32), [f"class {i}" for i in range(1001)], "h" * 64)
 
 
