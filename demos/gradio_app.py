@@ -48,8 +48,8 @@ DELETE_CACHE = (3600, 3600)
 ERROR_SECONDS = 4
 
 CLASSIFIER = Classifier.from_path()
-if CLASSIFIER.verdict_warning:  # e.g. no detector beside the model: cat/dog verdicts only
-    print(f"dogcat: warning: {CLASSIFIER.verdict_warning}", file=sys.stderr)
+for warning in CLASSIFIER.warnings:  # e.g. no detector beside the model: cat/dog verdicts only
+    print(f"dogcat: warning: {warning}", file=sys.stderr)
 
 
 def predict(image: dict[str, Any] | str | None, explain: bool = False) -> tuple[str, dict[str, float], Image.Image | None]:

@@ -81,7 +81,9 @@ def run_batch(paths: list[str], out_dir: str, model_path: str | Path | None = No
                             f"Received: runtime={runtime!r}")
     if actors is not None and actors < 1:
         raise ArtifactError(f"actors must be at least 1. Received: actors={actors}")
-    model_files, image_size = _model_files(Path(model_path) if model_path else default_model_path(), runtime)
+    model_files, image_size, warnings = _model_files(Path(model_path) if model_path else default_model_path(), runtime)
+    for warning in warnings:  # as `dogcat predict` says them, before the job starts
+        log(f"dogcat: warning: {warning}")
     found = list_files(paths)
     if not found:
         raise DataError(f"No images found (JPEG, PNG, WebP, BMP or GIF). Received: paths={paths}")
@@ -223,14 +225,15 @@ class ClassifyBatch:
         return pa.table(columns)
 
 
-def _model_files(model_path: Path, runtime: str) -> tuple[dict[str, bytes], int]:
-    """The files an actor needs, read once on the driver, and the model's input size; loaded here
-    first, so a missing or stale ONNX twin is one line, not a failed actor."""
+def _model_files(model_path: Path, runtime: str) -> tuple[dict[str, bytes], int, list[str]]:
+    """The files an actor needs, read once on the driver, the model's input size, and the loaded
+    classifier's warnings (no detector, no ImageNet head); loaded here first, so a missing or stale
+    ONNX twin is one line, not a failed actor."""
     from dogcat.inference import Classifier
 
     if model_path.is_dir():
         model_path = model_path / MODEL_FILENAME
-    image_size = Classifier.from_path(model_path, runtime=runtime).image_size
+    classifier = Classifier.from_path(model_path, runtime=runtime)
     names = [MODEL_FILENAME, CLASS_NAMES_FILENAME, ONNX_FILENAME]
     names += [INT8_ONNX_FILENAME] if runtime == "onnx-int8" else []
     names += [DETECTOR_FILENAME] if model_path.with_name(DETECTOR_FILENAME).is_file() else []
@@ -238,7 +241,7 @@ def _model_files(model_path: Path, runtime: str) -> tuple[dict[str, bytes], int]
     head = imagenet_head_path(model_path)  # the detector's ImageNet head: beside the model, or the shipped one
     if head is not None:
         files[IMAGENET_HEAD_FILENAME] = head.read_bytes()
-    return files, image_size
+    return files, classifier.image_size, classifier.warnings
 
 
 def _is_uri(path: str) -> bool:

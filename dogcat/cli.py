@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import sys
 import warnings
@@ -258,6 +259,10 @@ def _tune(args: argparse.Namespace) -> int:
     config_path = args.config
     if config_path is None and args.out is not None and (args.out / "config.toml").is_file():
         config_path = args.out / "config.toml"  # resuming: the search's own base config is the default
+    if not (math.isfinite(args.cache_gib) and args.cache_gib >= 0):  # int(nan * 2**30) would raise a traceback
+        print(f"dogcat: error: --cache-gib must be a finite number, 0 or more. Received: cache_gib={args.cache_gib}",
+              file=sys.stderr)
+        return EXIT_USAGE
     config = load_config(config_path, args.overrides)
     out = args.out or default_out(config)
     try:
@@ -298,6 +303,11 @@ def _predict(args: argparse.Namespace) -> int:
               f"their extension: {listed}", file=sys.stderr)
     if not sources and not missing:
         raise DataError(f"No images found (JPEG, PNG, WebP, BMP or GIF). Received: paths={args.paths}")
+    if args.explain is not None and ((args.explain.exists() and not args.explain.is_dir())
+                                     or not args.explain.parent.is_dir()):
+        # Before any work: found out after classifying, it would lose every row.
+        raise DataError(f"--explain must name a folder, or one to create inside an existing folder. "
+                        f"Received: explain={str(args.explain)!r}")
     classifier = _load_classifier(args.model, args.runtime)
     _warn_about_verdicts(classifier)
     names = list(classifier.class_names.values())
@@ -354,8 +364,9 @@ def _shown(name: str) -> str:
 
 
 def _warn_about_verdicts(classifier) -> None:
-    if classifier.verdict_warning:
-        print(f"dogcat: warning: {classifier.verdict_warning}", file=sys.stderr)
+    """The classifier's one-line warnings (a slower runtime than its files promise, fewer verdicts), on stderr."""
+    for warning in classifier.warnings:
+        print(f"dogcat: warning: {warning}", file=sys.stderr)
 
 
 def _detector_fit(args: argparse.Namespace) -> int:

@@ -152,6 +152,9 @@ def validate_config(config: Config) -> None:
                 raise ConfigError(f"{name} must be a finite number. Received: {name}={value!r}")
             if rule is not None and not rule[1](value):
                 raise ConfigError(f"{name} must be {rule[0]}. Received: {name}={value!r}")
+    if config.train.head_epochs > config.train.epochs:  # the fine-tuning phase would never start
+        raise ConfigError(f"train.head_epochs must be at most train.epochs ({config.train.epochs}). "
+                          f"Received: train.head_epochs={config.train.head_epochs}")
 
 
 def _set(config: Config, section: str, key: str, value: Any) -> None:

@@ -160,8 +160,8 @@ def fit_detector_beside(model_path: str | Path, data_dir: str | Path, turn_away:
     Features come from the served path (`Classifier.predict`, ONNX Runtime when a matching
     export exists), for the training split (the reference) and the validation split (the
     threshold). The ImageNet head (dogcat.detector) is used when the model's features still read
-    ImageNet classes: the share of validation photos whose top class matches the frozen ImageNet
-    network's is measured here (that network needs Keras and the ImageNet weights; without them
+    ImageNet classes: the share of validation photos whose top class is among the frozen ImageNet
+    network's top 5 is measured here (that network needs Keras and the ImageNet weights; without them
     the detector is distance alone, and says so).
     """
     from dogcat.config import PredictConfig
@@ -198,14 +198,15 @@ def fit_detector_beside(model_path: str | Path, data_dir: str | Path, turn_away:
     else:
         head = ImageNetHead.load(head_path)
         reference = _frozen_imagenet_features(val_paths, classifier.image_size, log)
-        if reference is not None:
-            agreement = float(np.mean(head.logits(features["val"]).argmax(axis=1) == head.logits(reference).argmax(axis=1)))
+        if reference is not None:  # the model's top class among the frozen network's top 5 (breeds blur at top 1)
+            top5 = np.argsort(-head.logits(reference), axis=1)[:, :5]
+            agreement = float(np.mean((top5 == head.logits(features["val"]).argmax(axis=1)[:, None]).any(axis=1)))
     detector = fit_detector(features["train"], labels["train"], features["val"], file_sha256(model_path),
                             FEATURE_BLOCKS, turn_away, head, agreement)
     path = model_path.with_name(DETECTOR_FILENAME)
     detector.save(path)
     imagenet = ("not measured, head not used" if agreement is None else
-                f"top class as the frozen network's on {agreement:.1%} of val, "
+                f"top class in the frozen network's top 5 on {agreement:.1%} of val, "
                 + ("head used" if detector.head else f"head not used (under {MIN_IMAGENET_AGREEMENT:.0%})"))
     log(f"detector: {path} ({len(features['train'])} training photos, threshold {detector.threshold:.4f}, "
         f"{detector.info['val_turned_away']:.1%} of val turned away; ImageNet: {imagenet})")

@@ -159,7 +159,8 @@ def onnx_runner_for(model_path: Path, int8: bool = False) -> OnnxRunner | str:
     except ImportError:
         return "onnxruntime is not installed"
     except Exception as error:  # a damaged file: fall back rather than fail
-        return f"{onnx_path} could not be loaded ({type(error).__name__})"
+        again = f"dogcat export --int8 {model_path} --data DATA_DIR" if int8 else f"dogcat export {model_path}"
+        return f"{onnx_path} could not be loaded ({type(error).__name__}; run `{again}` to rewrite it)"
     if runner.metadata.get("dogcat_keras_sha256") != file_sha256(model_path):
         again = f"dogcat export --int8 {model_path} --data DATA_DIR" if int8 else f"dogcat export {model_path}"
         return f"{onnx_path} was exported from a different .keras file (run `{again}` again)"
@@ -194,6 +195,12 @@ class Classifier:
         self.detector = detector
         self.rules = rules or VerdictRules()
         self.verdict_warning: str | None = None
+        self.runtime_warning: str | None = None  # `from_path` fell back to Keras from a stale or damaged ONNX twin
+
+    @property
+    def warnings(self) -> list[str]:
+        """The one-line warnings a user should see (the runtime's fallback, the verdicts' limits)."""
+        return [w for w in (self.runtime_warning, self.verdict_warning) if w]
 
     @classmethod
     def from_path(
@@ -220,13 +227,15 @@ class Classifier:
             raise ArtifactError(f"Model file not found. Received: model_path={str(model_path)!r}")
         class_names_path = Path(class_names_path) if class_names_path else model_path.with_name(CLASS_NAMES_FILENAME)
         class_names = load_class_names(class_names_path)  # before the model: cheap, and refuses bad files early
-        runner = None
+        runner, runtime_warning = None, None
         if runtime != "keras":
             onnx = onnx_runner_for(model_path, int8=runtime == "onnx-int8")
             if isinstance(onnx, OnnxRunner):
                 runner = onnx
             elif runtime != "auto":
                 raise ArtifactError(f"Cannot use the {runtime} runtime: {onnx}. Received: runtime={runtime!r}")
+            elif model_path.with_name(ONNX_FILENAME).is_file():  # stale or damaged: say why it is slower
+                runtime_warning = f"{onnx}; using Keras instead, which is slower to start and to run"
         if runner is None:
             from dogcat.model import load_model
 
@@ -239,6 +248,7 @@ class Classifier:
         settings = predict_config_for(model_path)
         classifier = cls(runner, class_names, batch_size or settings.batch_size, detector, VerdictRules.from_config(settings))
         classifier.verdict_warning = warning
+        classifier.runtime_warning = runtime_warning
         return classifier
 
     def predict_batch(self, images: np.ndarray) -> np.ndarray:

@@ -20,6 +20,11 @@ a rebuild replaces only the files listed there, keeping everything else (.git, t
 Without that marker OUT must be empty, or a fresh clone of a Space: .git, .gitattributes and the
 Hub's generated README.md (front matter and its one "configuration reference" line), which the
 build's README replaces.
+
+Nor does it follow a symlink. A Space folder is a git clone, git stores symlinks and the marker
+travels with the clone, so `cfg -> ../victim` and a marker listing `cfg/id_rsa` can arrive
+together. The build never writes a symlink, so any symlink on the way to a file it would delete
+or write is refused, and the build stops before touching anything.
 """
 
 from __future__ import annotations
@@ -133,7 +138,14 @@ def build_space(out_dir: str | Path, model_path: str | Path | None = None) -> Pa
         raise SpaceError(f"The model to copy is already inside the output folder; copy it elsewhere first. Received: model={str(model)!r}")
     if out.exists() and not out.is_dir():
         raise SpaceError(f"The output path exists and is not a folder. Received: out_dir={str(out)!r}")
+    above = next(folder for folder in out.parents if folder.exists())  # the root always exists
+    if not above.is_dir():  # `afile.txt/sub`: mkdir would fail only after the model is loaded
+        raise SpaceError(f"The output folder cannot be made inside a file ({str(above)!r}). Received: out_dir={str(out)!r}")
+    for name in (MARKER_FILENAME, ".gitattributes"):  # read, then replaced: a symlink would be read through
+        _refuse_symlinks(out, name)
     previous = _previous_build(out)  # refuses a folder of someone else's files before anything is written
+    for name in previous:
+        _refuse_symlinks(out, name)
     app = find_gradio_app()
     serves_onnx = isinstance(onnx_runner_for(model), OnnxRunner)
     requirements = pinned_requirements(ONNX_REQUIREMENTS if serves_onnx else REQUIREMENTS)
@@ -160,6 +172,8 @@ def build_space(out_dir: str | Path, model_path: str | Path | None = None) -> Pa
         (staging / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
         (staging / "README.md").write_text(space_readme(models, class_names, requirements, serves_onnx), encoding="utf-8")
         written = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
+        for name in written:
+            _refuse_symlinks(out, name)
         clashes = [name for name in written if name not in previous and (out / name).exists()]
         if clashes:
             raise SpaceError(
@@ -189,7 +203,8 @@ def _previous_build(out: Path) -> list[str]:
     clone, only the Hub's generated README.md).
 
     Raises SpaceError for a folder holding anything else without a marker, and for a marker that
-    names paths outside the folder, so a build never deletes a file it did not write.
+    names paths outside the folder, so a build never deletes a file it did not write (the caller
+    refuses the symlinks on the way to each path: `_refuse_symlinks`).
     """
     if not out.is_dir():
         return []
@@ -218,6 +233,27 @@ def _previous_build(out: Path) -> list[str]:
             f"folder or a fresh clone of the Space. Received: out_dir={str(out)!r} holding {foreign[0]!r}"
         )
     return ["README.md"] if (out / "README.md").is_file() else []  # the Hub's generated one: replaced
+
+
+def _refuse_symlinks(out: Path, name: str) -> None:
+    """Raise SpaceError unless `out / name` can be deleted or written without leaving `out`.
+
+    Every step of the path is checked, not only the last: `cfg -> ../victim` turns `cfg/id_rsa`
+    into a file outside the folder, and `models -> notes` into the user's folder inside it. A file
+    where the path needs a folder is refused too, for a one-line error rather than mkdir's traceback.
+    """
+    path = out
+    for part in Path(name).parts:
+        path = path / part
+        if path.is_symlink():
+            raise SpaceError(
+                f"The output folder has a symlink where the build would delete or write a file; dogcat never "
+                f"follows one, so remove it first. Received: path={str(path)!r}"
+            )
+        if path != out / name and path.exists() and not path.is_dir():
+            raise SpaceError(f"The output folder has a file where the build needs a folder; move it first. Received: path={str(path)!r}")
+    if out not in (out / name).resolve().parents:  # no symlink and no `..` on the way: only a bug gets here
+        raise SpaceError(f"A path the build would delete or write resolves outside the output folder. Received: path={str(out / name)!r}")
 
 
 def _is_hub_readme(path: Path) -> bool:

@@ -88,9 +88,14 @@ MUTATIONS = [
     ),
     Mutation(
         "the head's drift from ImageNet not checked", "dogcat/detector.py",
-        "    reads_true = head is not None and imagenet_agreement is not None and imagenet_agreement >= MIN_IMAGENET_AGREEMENT",
-        "    reads_true = head is not None",
+        "imagenet_agreement is not None and imagenet_agreement >= MIN_IMAGENET_AGREEMENT\n",
+        "imagenet_agreement is not None\n",
         ("tests/test_verdict.py::test_a_head_that_no_longer_reads_imagenet_is_not_used",),
+    ),
+    Mutation(
+        "the head vouched for by agreement on a handful of photos", "dogcat/detector.py",
+        "                  and len(val_features) >= MIN_AGREEMENT_PHOTOS)", "                  )",
+        ("tests/test_verdict.py::test_agreement_measured_on_too_few_validation_photos_does_not_vouch_for_the_head",),
     ),
     Mutation(
         "a detector with a NaN validation mean loads", "dogcat/detector.py",
@@ -123,6 +128,22 @@ MUTATIONS = [
         "the Gradio verdict without what it looks like", "demos/gradio_app.py",
         "    return result.sentence, result.probabilities, looked", "    return result.text, result.probabilities, looked",
         ("tests/test_gradio.py::test_space_of_an_exported_model_runs_without_keras_or_tensorflow",),
+    ),
+    # dogcat space build: a cloned Space's symlinks are never followed (#23).
+    Mutation(
+        "space build deletes through a symlink its marker leads to", "dogcat/space.py",
+        "    for name in previous:\n        _refuse_symlinks(out, name)\n", "",
+        ("tests/test_space_build.py::test_a_marker_entry_through_a_symlinked_folder_deletes_nothing_outside",),
+    ),
+    Mutation(
+        "space build writes through a symlinked folder", "dogcat/space.py",
+        "        for name in written:\n            _refuse_symlinks(out, name)\n", "",
+        ("tests/test_space_build.py::test_a_symlinked_folder_the_build_writes_into_is_refused[outside-unlisted]",),
+    ),
+    Mutation(
+        "space build follows a symlink that stays inside the Space", "dogcat/space.py",
+        "        if path.is_symlink():\n", "        if False:\n",
+        ("tests/test_space_build.py::test_a_symlinked_folder_the_build_writes_into_is_refused[inside-listed]",),
     ),
     Mutation(
         "Parquet rows without looks_like", "dogcat/batch.py",
@@ -254,6 +275,28 @@ MUTATIONS = [
         "        predictions = self.classifier.classify_decoded(paths, decoded)\n",
         "        predictions = [p for p in self.classifier.classify_decoded(paths, decoded) if not p.error]\n",
         ("tests/test_bulk.py::test_batch_on_a_cluster_gives_predicts_rows_and_an_error_row_per_bad_file",),
+    ),
+    Mutation(
+        "auto falls back to Keras without a word", "dogcat/inference.py",
+        '                runtime_warning = f"{onnx}; using Keras instead, which is slower to start and to run"',
+        "                runtime_warning = None",
+        ("tests/test_cli.py::test_auto_says_in_one_line_why_it_fell_back_to_keras",),
+    ),
+    Mutation(
+        "predict --explain's folder checked only after classifying", "dogcat/cli.py",
+        "    if args.explain is not None and ((args.explain.exists() and not args.explain.is_dir())",
+        "    if False and ((args.explain.exists() and not args.explain.is_dir())",
+        ("tests/test_cli.py::test_predict_explain_into_a_file_or_a_missing_folder_stops_before_any_work",),
+    ),
+    Mutation(
+        "tune --cache-gib nan accepted", "dogcat/cli.py",
+        "    if not (math.isfinite(args.cache_gib) and args.cache_gib >= 0):", "    if False:",
+        ("tests/test_cli.py::test_tune_refuses_a_cache_size_that_is_not_a_number_in_one_line",),
+    ),
+    Mutation(
+        "more head epochs than epochs accepted", "dogcat/config.py",
+        "    if config.train.head_epochs > config.train.epochs:", "    if False:",
+        ("tests/test_cli.py::test_more_head_epochs_than_epochs_is_refused_in_one_line",),
     ),
 ]
 

@@ -168,3 +168,73 @@ def test_help_and_argument_errors_do_not_import_the_inference_stack():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == ""
+
+
+# --- hardening, round two (#23) ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage", ["stale", "damaged"])
+def test_auto_says_in_one_line_why_it_fell_back_to_keras(tmp_path, capsys, damage):
+    """A stale or damaged ONNX twin: predict still answers, through Keras, and says why and how to fix it."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(REPO / "models", folder, ignore=shutil.ignore_patterns("*.png", "*.md", "*.int8.onnx"))
+    onnx = folder / "dog_cat_classifier.onnx"
+    if damage == "stale":  # an export of another .keras: same layout, other hash
+        import onnx as onnx_lib
+
+        proto = onnx_lib.load(onnx)
+        for entry in proto.metadata_props:
+            if entry.key == "dogcat_keras_sha256":
+                entry.value = "0" * 64
+        onnx_lib.save(proto, onnx)
+    else:
+        onnx.write_bytes(onnx.read_bytes()[:100_000])
+    model = folder / "dog_cat_classifier.keras"
+    assert main(["predict", "--model", str(model), str(REPO / "demos" / "examples" / "cat-chelsea.jpg")]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    warnings = [line for line in err if str(onnx) in line]
+    assert len(warnings) == 1, err
+    assert warnings[0].startswith(f"dogcat: warning: {onnx} ")
+    assert f"`dogcat export {model}`" in warnings[0]
+    assert warnings[0].endswith("using Keras instead, which is slower to start and to run")
+
+
+def test_a_model_without_an_onnx_twin_falls_back_without_a_warning(tiny_model_dir):
+    """No twin at all is a plain Keras model, not a problem to report."""
+    from dogcat.inference import Classifier
+
+    classifier = Classifier.from_path(tiny_model_dir / "dog_cat_classifier.keras")
+    assert (classifier.runtime, classifier.runtime_warning) == ("keras", None)
+
+
+@pytest.mark.parametrize("where", ["a-file", "no-parent"])
+def test_predict_explain_into_a_file_or_a_missing_folder_stops_before_any_work(tmp_path, capsys, where):
+    target = tmp_path / "overlays"
+    if where == "a-file":
+        target.write_text("not a folder")
+    else:
+        target = tmp_path / "missing" / "overlays"
+    code = main(["predict", "--model", str(tmp_path / "no-such-model.keras"), "--explain", str(target),
+                 str(REPO / "demos" / "examples" / "cat-chelsea.jpg")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [f"dogcat: error: --explain must name a folder, or one to create inside an existing folder. "
+                   f"Received: explain={str(target)!r}"]  # before the model is even looked for
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-1"])
+def test_tune_refuses_a_cache_size_that_is_not_a_number_in_one_line(tmp_path, capsys, value):
+    code = main(["tune", "--out", str(tmp_path / "search"), "--cache-gib", value])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert err == [f"dogcat: error: --cache-gib must be a finite number, 0 or more. Received: cache_gib={float(value)}"]
+    assert not (tmp_path / "search").exists()
+
+
+def test_more_head_epochs_than_epochs_is_refused_in_one_line(capsys):
+    code = main(["train", "train.epochs=10", "train.head_epochs=99"])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "dogcat: error: train.head_epochs must be at most train.epochs (10). Received: train.head_epochs=99"]

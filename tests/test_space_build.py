@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
+import shutil
 
 import pytest
 
@@ -109,3 +111,78 @@ def test_a_marker_naming_files_outside_the_build_is_refused(tmp_path, tiny_model
     with pytest.raises(SpaceError, match="marker is damaged"):
         build_space(out, tiny_model_dir)
     assert (tmp_path / "outside.txt").read_text() == "keep"
+
+
+def _list_in_marker(out, *names, dropping=""):
+    """Edit the build marker as a cloned Space could carry it: `names` added, entries under `dropping` gone."""
+    marker = json.loads((out / MARKER_FILENAME).read_text())
+    kept = [name for name in marker["files"] if not (dropping and name.startswith(dropping))]
+    (out / MARKER_FILENAME).write_text(json.dumps({**marker, "files": [*kept, *names]}))
+
+
+def test_a_marker_entry_through_a_symlinked_folder_deletes_nothing_outside(tmp_path, tiny_model_dir, capsys):
+    from dogcat.cli import main
+
+    out = build_space(tmp_path / "space", tiny_model_dir)
+    (tmp_path / "victim").mkdir()
+    (tmp_path / "victim" / "id_rsa").write_text("secret")
+    (out / "cfg").symlink_to("../victim", target_is_directory=True)  # git clones carry symlinks
+    _list_in_marker(out, "cfg/id_rsa")
+    before = _snapshot(out)
+    assert main(["space", "build", str(out), "--model", str(tiny_model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dogcat: error: ")
+    assert err.count("\n") == 1
+    assert f"symlink where the build would delete or write a file; dogcat never follows one, so remove it first. Received: path={str(out / 'cfg')!r}" in err
+    assert (tmp_path / "victim" / "id_rsa").read_text() == "secret"
+    assert _snapshot(out) == before  # refused before anything was deleted or written
+
+
+@pytest.mark.parametrize(("target", "marker_lists_it"), [("../outside", True), ("../outside", False), ("mine", True)],
+                         ids=["outside-listed", "outside-unlisted", "inside-listed"])
+def test_a_symlinked_folder_the_build_writes_into_is_refused(tmp_path, tiny_model_dir, target, marker_lists_it):
+    """`models` a symlink to a folder outside the Space or to the user's folder inside it: neither is touched.
+
+    Unlisted (the marker names no models/ file) the symlink is met only when writing; listed, when deleting.
+    """
+    out = build_space(tmp_path / "space", tiny_model_dir)
+    folder = (out / "models").parent / target
+    folder.mkdir()
+    (folder / "dog_cat_classifier.keras").write_bytes(b"\x00the user's own")
+    (folder / "class_names.pkl").write_bytes(b"\x00also theirs")
+    shutil.rmtree(out / "models")
+    (out / "models").symlink_to(target, target_is_directory=True)
+    if not marker_lists_it:
+        _list_in_marker(out, dropping="models/")
+    before = _snapshot(folder.resolve())
+    with pytest.raises(SpaceError, match=rf"symlink where .* Received: path={re.escape(repr(str(out / 'models')))}$") as error:
+        build_space(out, tiny_model_dir)
+    assert "\n" not in str(error.value)
+    assert _snapshot(folder.resolve()) == before
+    assert (out / "models").is_symlink()
+
+
+def test_a_symlinked_gitattributes_is_not_read_into_the_space(tmp_path, tiny_model_dir):
+    """The build appends its LFS rules to .gitattributes: through a symlink it would copy the target into the Space."""
+    out = tmp_path / "clone"
+    out.mkdir()
+    (tmp_path / "id_rsa").write_text("secret\n")
+    (out / ".gitattributes").symlink_to(tmp_path / "id_rsa")
+    with pytest.raises(SpaceError, match=r"symlink where .* Received: path=.*\.gitattributes'$"):
+        build_space(out, tiny_model_dir)
+    assert (tmp_path / "id_rsa").read_text() == "secret\n"
+    assert (out / ".gitattributes").is_symlink()
+    assert sorted(p.name for p in out.iterdir()) == [".gitattributes"]
+
+
+def test_a_file_where_the_build_needs_a_folder_is_one_line(tmp_path, tiny_model_dir):
+    (tmp_path / "afile.txt").write_text("mine")
+    with pytest.raises(SpaceError, match=r"inside a file \(.*afile\.txt'\)\. Received: out_dir=.*afile\.txt/sub'$"):
+        build_space(tmp_path / "afile.txt" / "sub", tiny_model_dir)
+    assert (tmp_path / "afile.txt").read_text() == "mine"
+    out = build_space(tmp_path / "space", tiny_model_dir)
+    shutil.rmtree(out / "models")
+    (out / "models").write_text("not a folder")
+    with pytest.raises(SpaceError, match=r"a file where the build needs a folder; move it first\. Received: path=.*models'$"):
+        build_space(out, tiny_model_dir)
+    assert (out / "models").read_text() == "not a folder"

@@ -190,6 +190,15 @@ def test_a_head_that_no_longer_reads_imagenet_is_not_used(tiny_model_dir, tmp_pa
     assert "\n" not in warning
 
 
+def test_agreement_measured_on_too_few_validation_photos_does_not_vouch_for_the_head():
+    """An untrained model can agree with ImageNet on 4 photos by chance: under 50 photos the head is not used."""
+    rng = np.random.default_rng(0)
+    train = np.concatenate([_photos(rng, 100, 0), _photos(rng, 100, 1)])
+    val = np.concatenate([_photos(rng, 20, 0), _photos(rng, 20, 1)])
+    detector = fit_detector(train, np.repeat([0, 1], 100), val, "f" * 64, BLOCKS, 0.02, _fake_head(True), 1.0)
+    assert (detector.head, detector.imagenet_sha256) == (None, None)
+
+
 @pytest.mark.parametrize("damage", ["nan-val-mean", "wrong-width", "inflates"])
 def test_a_tampered_detector_is_refused_before_use(fitted, tmp_path, damage):
     detector, _ = fitted
