@@ -2,6 +2,10 @@
 
 import sys
 
-from dogcat.cli import main
+try:  # Ctrl-C while the command line module loads: one line and 130, as anywhere later
+    from dogcat.cli import run
+except KeyboardInterrupt:
+    print("dogcat: interrupted", file=sys.stderr)
+    raise SystemExit(130) from None
 
-sys.exit(main())
+run()

@@ -16,6 +16,7 @@ import json
 import os
 import pickle
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -35,6 +36,21 @@ BATCH_RUNTIMES = ("onnx", "onnx-int8")  # dogcat.batch's actors run ONNX Runtime
 # A real class_names.pkl is ~40 bytes and one level deep; these leave room and still bound the work.
 MAX_CLASS_NAMES_BYTES = 64 * 1024
 MAX_CLASS_NAMES_DEPTH = 8
+
+
+_INTERRUPTED = threading.Event()
+
+
+def note_interrupt(signum=None, frame=None) -> None:
+    """A SIGINT handler (the `dogcat` command installs it): Python's own behaviour, KeyboardInterrupt,
+    plus a note that it happened. An interrupt that lands inside a C extension's import (ONNX
+    Runtime's) can come out as an ImportError; `interrupt_requested` lets a loader tell the two apart."""
+    _INTERRUPTED.set()
+    raise KeyboardInterrupt
+
+
+def interrupt_requested() -> bool:
+    return _INTERRUPTED.is_set()
 
 
 class ArtifactError(ValueError):

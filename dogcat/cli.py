@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
-import csv
-import json
-import math
 import os
 import sys
-import warnings
-from contextlib import contextmanager
-from pathlib import Path
+
+try:  # Ctrl-C while the command starts up: one line and 130, as anywhere later, never a traceback
+    import argparse
+    import csv
+    import json
+    import math
+    import signal
+    import warnings
+    from contextlib import contextmanager, suppress
+    from pathlib import Path
+except KeyboardInterrupt:
+    print("dogcat: interrupted", file=sys.stderr)
+    raise SystemExit(130) from None
 
 # TensorFlow's C++ start-up chatter is noise for CLI users; errors still show. Set before any import of keras.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -24,10 +30,36 @@ EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what `cat` or `grep` give when the read
 def main(argv: list[str] | None = None) -> int:
     # Libraries' deprecation notices name files users never wrote; -W or PYTHONWARNINGS bring them back.
     # Scoped to this call, so a program (or test) that calls main() keeps its own filters afterwards.
-    with warnings.catch_warnings():
-        if not sys.warnoptions:
-            warnings.simplefilter("ignore")
-        return _main(argv)
+    try:
+        with warnings.catch_warnings():
+            if not sys.warnoptions:
+                warnings.simplefilter("ignore")
+            return _main(argv)
+    except KeyboardInterrupt:  # while parsing or importing, before _main's own handler is in place
+        return _interrupted()
+
+
+def run() -> None:
+    """The `dogcat` console command: `main`, then exit; a Ctrl-C while the interpreter shuts down
+    (ONNX Runtime's and TensorFlow's threads stopping) exits 130 without a traceback."""
+    from dogcat.artifacts import note_interrupt
+
+    signal.signal(signal.SIGINT, note_interrupt)
+    code = main()
+    signal.signal(signal.SIGINT, lambda *_: os._exit(EXIT_INTERRUPTED))
+    if code == EXIT_INTERRUPTED:
+        # Skip the interpreter's shutdown: it joins every worker thread (concurrent.futures' exit
+        # hook), and one that the Ctrl-C left mid-task can hold the exit for as long as it runs.
+        for stream in (sys.stdout, sys.stderr):
+            with suppress(OSError, ValueError):  # a closed pipe: nothing left to say
+                stream.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _interrupted() -> int:
+    print("dogcat: interrupted", file=sys.stderr)
+    return EXIT_INTERRUPTED
 
 
 def _main(argv: list[str] | None) -> int:
@@ -53,8 +85,7 @@ def _main(argv: list[str] | None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
     except KeyboardInterrupt:
-        print("dogcat: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return _interrupted()
 
 
 @contextmanager

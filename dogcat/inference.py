@@ -34,6 +34,7 @@ from dogcat.artifacts import (
     ArtifactError,
     bundled_file,
     file_sha256,
+    interrupt_requested,
     load_class_names,
 )
 from dogcat.config import ConfigError, PredictConfig, load_config
@@ -156,9 +157,12 @@ def onnx_runner_for(model_path: Path, int8: bool = False) -> OnnxRunner | str:
         return f"no {filename} beside the model (run `{command}`)"
     try:
         runner = OnnxRunner(onnx_path)
-    except ImportError:
-        return "onnxruntime is not installed"
-    except Exception as error:  # a damaged file: fall back rather than fail
+    except Exception as error:
+        if interrupt_requested():  # Ctrl-C during the load: never a reason to fall back to Keras
+            raise KeyboardInterrupt from None
+        if isinstance(error, ImportError):
+            return "onnxruntime is not installed"
+        # a damaged file: fall back rather than fail
         again = f"dogcat export --int8 {model_path} --data DATA_DIR" if int8 else f"dogcat export {model_path}"
         return f"{onnx_path} could not be loaded ({type(error).__name__}; run `{again}` to rewrite it)"
     if runner.metadata.get("dogcat_keras_sha256") != file_sha256(model_path):

@@ -298,6 +298,19 @@ MUTATIONS = [
         "    if config.train.head_epochs > config.train.epochs:", "    if False:",
         ("tests/test_cli.py::test_more_head_epochs_than_epochs_is_refused_in_one_line",),
     ),
+    Mutation(
+        "a Ctrl-C during the ONNX Runtime load taken for a load failure", "dogcat/inference.py",
+        "        if interrupt_requested():  # Ctrl-C during the load: never a reason to fall back to Keras\n",
+        "        if False:\n",
+        ("tests/test_cli.py::test_ctrl_c_during_the_onnx_load_is_an_interrupt_not_a_fallback",),
+    ),
+    Mutation(
+        "Ctrl-C while parsing the command line leaves a traceback", "dogcat/cli.py",
+        "    except KeyboardInterrupt:  # while parsing or importing, before _main's own handler is in place\n"
+        "        return _interrupted()\n",
+        "    finally:\n        pass\n",
+        ("tests/test_cli.py::test_ctrl_c_at_any_moment_of_predict_exits_130_with_at_most_one_line",),
+    ),
 ]
 
 

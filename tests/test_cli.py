@@ -238,3 +238,55 @@ def test_more_head_epochs_than_epochs_is_refused_in_one_line(capsys):
     assert code == 2
     assert capsys.readouterr().err.strip().splitlines() == [
         "dogcat: error: train.head_epochs must be at most train.epochs (10). Received: train.head_epochs=99"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_any_moment_of_predict_exits_130_with_at_most_one_line(tmp_path):
+    """SIGINT from start-up (imports, the ONNX Runtime load) to classifying: never a traceback, never
+    ignored (an interrupt inside ONNX Runtime's import once came out as ImportError, and `auto` went on
+    in Keras for 20 s)."""
+    import shutil
+    import signal
+    import time
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(300):
+        shutil.copy(REPO / "demos" / "examples" / "cat-chelsea.jpg", photos / f"{index}.jpg")
+    outcomes = []
+    # From 0.08 s: before that a SIGINT can land in Python's own start-up, before any line of dogcat runs.
+    for offset in (0.08, 0.1, 0.13, 0.17, 0.2, 0.25, 0.3, 0.4, 0.5, 0.65, 0.8, 1.0, 1.3, 1.7, 2.2):
+        process = subprocess.Popen([sys.executable, "-m", "dogcat", "predict", str(photos)], cwd=REPO,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        time.sleep(offset)
+        if process.poll() is not None:
+            break  # finished before this moment: every later offset is later still
+        process.send_signal(signal.SIGINT)
+        try:
+            _, err = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            _, err = process.communicate()
+        outcomes.append((offset, process.returncode, [line for line in err.splitlines() if line.strip()]))
+    assert len(outcomes) >= 8, outcomes  # the run lasted past start-up
+    bad = [(offset, code, lines[-3:]) for offset, code, lines in outcomes if code != 130 or len(lines) > 1]
+    assert not bad, bad
+
+
+def test_ctrl_c_during_the_onnx_load_is_an_interrupt_not_a_fallback(monkeypatch):
+    """An interrupt inside ONNX Runtime's import can surface as ImportError; once the command's
+    SIGINT handler noted it, the load re-raises it instead of falling back to Keras."""
+    import dogcat.artifacts
+    import dogcat.inference
+    from dogcat.inference import Classifier
+
+    def interrupted_load(path, recheck=None):
+        try:
+            dogcat.artifacts.note_interrupt()
+        except KeyboardInterrupt:
+            raise ImportError("initialization of onnxruntime failed") from None
+
+    monkeypatch.setattr(dogcat.inference, "OnnxRunner", interrupted_load)
+    monkeypatch.setattr(dogcat.artifacts, "_INTERRUPTED", dogcat.artifacts.threading.Event())
+    with pytest.raises(KeyboardInterrupt):
+        Classifier.from_path()
