@@ -29,6 +29,10 @@ INT8_ONNX_FILENAME = "dog_cat_classifier.int8.onnx"  # `dogcat export --int8`: t
 DETECTOR_FILENAME = "dog_cat_detector.npz"  # the "neither" detector (dogcat.detector) beside the .keras
 # MobileNetV2's ImageNet-1k classifier layer (tools/derive_imagenet_head.py): shipped in models/, read by the detector
 IMAGENET_HEAD_FILENAME = "imagenet_head.npz"
+# Beside the model, in the format `sha256sum` writes (so `sha256sum -c SHA256SUMS` checks a folder by
+# hand too): the ONNX twins' own hashes. Their metadata ties them to the .keras, but a protobuf has
+# no checksum of its own, and a damaged weight still loads and flips labels.
+CHECKSUMS_FILENAME = "SHA256SUMS"
 # Which of those files scores photos (dogcat.inference). Kept here, in a module without NumPy, so
 # the CLI can offer the choices without importing the inference stack for every command.
 RUNTIMES = ("auto", "keras", "onnx", "onnx-int8")
@@ -260,3 +264,34 @@ def _short_repr(value: object, limit: int = 200) -> str:
     except RecursionError:
         text = f"<{type(value).__name__}>"
     return text[:limit]
+
+
+def record_checksum(path: str | Path) -> None:
+    """Add or replace `path`'s line in the SHA256SUMS beside it."""
+    path = Path(path)
+    listed = _read_checksums(path.with_name(CHECKSUMS_FILENAME))
+    listed[path.name] = file_sha256(path)
+    write_text_atomic(path.with_name(CHECKSUMS_FILENAME), "".join(f"{digest}  {name}\n" for name, digest in sorted(listed.items())))
+
+
+def checksum_problem(path: str | Path) -> str | None:
+    """Why `path` does not match its line in the SHA256SUMS beside it, or None (it matches, or is not listed)."""
+    path = Path(path)
+    expected = _read_checksums(path.with_name(CHECKSUMS_FILENAME)).get(path.name)
+    if expected is None or expected == file_sha256(path):
+        return None
+    return f"{path} does not match its sha256 in {path.with_name(CHECKSUMS_FILENAME)} (damaged or replaced)"
+
+
+def _read_checksums(path: Path) -> dict[str, str]:
+    """{file name: sha256} from a SHA256SUMS file; lines that are not `<64 hex>  <name>` are ignored."""
+    try:
+        text = path.read_text(encoding="utf-8") if path.stat().st_size <= MAX_CLASS_NAMES_BYTES else ""
+    except OSError:
+        return {}
+    listed = {}
+    for line in text.splitlines():
+        digest, _, name = line.partition("  ")
+        if len(digest) == 64 and all(c in "0123456789abcdef" for c in digest) and name and "/" not in name:
+            listed[name.lstrip("*")] = digest
+    return listed

@@ -33,6 +33,7 @@ import numpy as np
 
 from dogcat.artifacts import (
     BATCH_RUNTIMES,
+    CHECKSUMS_FILENAME,
     CLASS_NAMES_FILENAME,
     DETECTOR_FILENAME,
     IMAGENET_HEAD_FILENAME,
@@ -236,7 +237,7 @@ def _model_files(model_path: Path, runtime: str) -> tuple[dict[str, bytes], int,
     classifier = Classifier.from_path(model_path, runtime=runtime)
     names = [MODEL_FILENAME, CLASS_NAMES_FILENAME, ONNX_FILENAME]
     names += [INT8_ONNX_FILENAME] if runtime == "onnx-int8" else []
-    names += [DETECTOR_FILENAME] if model_path.with_name(DETECTOR_FILENAME).is_file() else []
+    names += [name for name in (DETECTOR_FILENAME, CHECKSUMS_FILENAME) if model_path.with_name(name).is_file()]
     files = {name: model_path.with_name(name).read_bytes() for name in names}
     head = imagenet_head_path(model_path)  # the detector's ImageNet head: beside the model, or the shipped one
     if head is not None:

@@ -37,6 +37,7 @@ from dogcat.artifacts import (
     ArtifactError,
     file_sha256,
     load_class_names,
+    record_checksum,
     save_atomic,
 )
 
@@ -61,6 +62,7 @@ def export_onnx(model_path: str | Path, out_path: str | Path | None = None) -> P
     }
     _set_metadata(proto, metadata)
     save_atomic(out_path, lambda tmp: tmp.write_bytes(proto.SerializeToString()))
+    record_checksum(out_path)  # the protobuf has no checksum of its own (dogcat.artifacts.CHECKSUMS_FILENAME)
     return out_path
 
 
@@ -114,6 +116,7 @@ def export_int8(model_path: str | Path, data_dir: str | Path, out_path: str | Pa
     del proto.metadata_props[:]
     _set_metadata(proto, metadata)
     save_atomic(out_path, lambda tmp: tmp.write_bytes(proto.SerializeToString()))
+    record_checksum(out_path)  # the protobuf has no checksum of its own (dogcat.artifacts.CHECKSUMS_FILENAME)
     return out_path
 
 

@@ -33,6 +33,7 @@ from dogcat.artifacts import (
     RUNTIMES,
     ArtifactError,
     bundled_file,
+    checksum_problem,
     file_sha256,
     interrupt_requested,
     load_class_names,
@@ -155,6 +156,10 @@ def onnx_runner_for(model_path: Path, int8: bool = False) -> OnnxRunner | str:
     if not onnx_path.is_file():
         command = f"dogcat export --int8 {model_path} --data DATA_DIR" if int8 else f"dogcat export {model_path}"
         return f"no {filename} beside the model (run `{command}`)"
+    damaged = checksum_problem(onnx_path)
+    if damaged:
+        again = f"dogcat export --int8 {model_path} --data DATA_DIR" if int8 else f"dogcat export {model_path}"
+        return f"{damaged}; run `{again}` to rewrite it"
     try:
         runner = OnnxRunner(onnx_path)
     except Exception as error:

@@ -41,6 +41,7 @@ from typing import Any
 
 from dogcat import __version__
 from dogcat.artifacts import (
+    CHECKSUMS_FILENAME,
     CLASS_NAMES_FILENAME,
     DETECTOR_FILENAME,
     IMAGENET_HEAD_FILENAME,
@@ -61,7 +62,8 @@ APP_FILENAME = "gradio_app.py"
 NOT_VENDORED = ("__pycache__", "*.pyc", "_models", "_demos")
 
 # Files copied from beside the model when present: the card is built from them.
-MODEL_SIDE_FILES = ("dog_cat_classifier.onnx", DETECTOR_FILENAME, "test_metrics.json", "training.json", "config.toml", "confusion_matrix.png")
+MODEL_SIDE_FILES = ("dog_cat_classifier.onnx", DETECTOR_FILENAME, CHECKSUMS_FILENAME, "test_metrics.json", "training.json",
+                    "config.toml", "confusion_matrix.png")
 # What the Space installs, pinned to the versions installed (and tested) here.
 # tensorflow-cpu: a Space has no GPU, and the CPU wheel is a fraction of the size.
 # A model with a matching ONNX twin (`dogcat export`) is served by ONNX Runtime, which needs

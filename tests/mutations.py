@@ -311,6 +311,11 @@ MUTATIONS = [
         "    finally:\n        pass\n",
         ("tests/test_cli.py::test_ctrl_c_at_any_moment_of_predict_exits_130_with_at_most_one_line",),
     ),
+    Mutation(
+        "an ONNX twin used without checking its own sha256", "dogcat/inference.py",
+        "    damaged = checksum_problem(onnx_path)\n", "    damaged = None\n",
+        ("tests/test_cli.py::test_an_onnx_twin_damaged_inside_its_weights_is_caught_by_its_own_sha256",),
+    ),
 ]
 
 

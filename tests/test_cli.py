@@ -290,3 +290,23 @@ def test_ctrl_c_during_the_onnx_load_is_an_interrupt_not_a_fallback(monkeypatch)
     monkeypatch.setattr(dogcat.artifacts, "_INTERRUPTED", dogcat.artifacts.threading.Event())
     with pytest.raises(KeyboardInterrupt):
         Classifier.from_path()
+
+
+def test_an_onnx_twin_damaged_inside_its_weights_is_caught_by_its_own_sha256(tmp_path):
+    """One flipped byte in a weight: the metadata (the .keras tie) is intact and ONNX Runtime loads it,
+    so only SHA256SUMS beside the model can tell; auto then serves the .keras and says why."""
+    import shutil
+
+    from dogcat.inference import Classifier
+
+    folder = tmp_path / "model"
+    shutil.copytree(REPO / "models", folder, ignore=shutil.ignore_patterns("*.png", "*.md", "*.int8.onnx"))
+    onnx = folder / "dog_cat_classifier.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside the initializers, which are most of the file
+    onnx.write_bytes(bytes(data))
+    classifier = Classifier.from_path(folder / "dog_cat_classifier.keras")
+    assert classifier.runtime == "keras"
+    assert classifier.runtime_warning.startswith(f"{onnx} does not match its sha256 in {folder / 'SHA256SUMS'}")
+    (folder / "SHA256SUMS").unlink()  # without the file, the damage goes unseen: what the check is for
+    assert Classifier.from_path(folder / "dog_cat_classifier.keras").runtime == "onnx"
