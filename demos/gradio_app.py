@@ -52,9 +52,11 @@ for warning in CLASSIFIER.warnings:  # e.g. no detector beside the model: cat/do
     print(f"dogcat: warning: {warning}", file=sys.stderr)
 
 
-def predict(image: dict[str, Any] | str | None, explain: bool = False) -> tuple[str, dict[str, float], Image.Image | None]:
-    """Classify one uploaded photo: (the verdict in words with what it looks like, {"cat": p, "dog": p} summing to 1, the
-    Grad-CAM overlay when `explain` and the model can give one, else None).
+def predict(image: dict[str, Any] | str | None, explain: bool = False) -> tuple[str, dict[str, float], dict, Image.Image | None]:
+    """Classify one uploaded photo: (the verdict in words with what it looks like, {"cat": p, "dog": p}
+    summing to 1, the machine-readable result (`Prediction.as_record`: "verdict" is cat, dog,
+    neither, unsure or too_small; "looks_like" ImageNet's top class), the Grad-CAM overlay when
+    `explain` and the model can give one, else None). This is the /predict API.
 
     The overlay is opt-in (a checkbox, off by default): drawing it adds about a third to each
     prediction's time, before Gradio encodes and sends the PNG (benchmarks/explain.py), and API
@@ -74,14 +76,23 @@ def predict(image: dict[str, Any] | str | None, explain: bool = False) -> tuple[
     if result.error:
         raise gr.Error(f"Cannot read {name}: {result.error}.", duration=ERROR_SECONDS, print_exception=False)
     looked = None if result.heatmap is None else overlay(path, result.heatmap)
-    return result.sentence, result.probabilities, looked
+    # The client's own file name, not the server's cache path, and under "file": gradio_client would
+    # take a dict with a "path" for a file to download.
+    record = {"file": name, **{k: v for k, v in result.as_record().items() if k != "path"}}
+    return result.sentence, result.probabilities, record, looked
 
 
-def predict_on_change(image: dict[str, Any] | str | None, explain: bool = False) -> tuple:
-    """`predict` for a photo just uploaded, pasted or picked from the examples; a cleared photo clears the outputs."""
+def show(image: dict[str, Any] | str | None, explain: bool = False) -> tuple:
+    """`predict` for the page: a photo just uploaded, pasted, picked from the examples, or the checkbox
+    ticked. A cleared photo clears the outputs; an unreadable one says why in the verdict's place,
+    where it stays (a toast would vanish and leave red badges); the overlay's panel shows only with one."""
     if not image:
-        return None, None, None
-    return predict(image, explain)
+        return None, None, None, gr.Image(value=None, visible=False)
+    try:
+        verdict, probabilities, record, looked = predict(image, explain)
+    except gr.Error as error:
+        return error.message, None, None, gr.Image(value=None, visible=False)
+    return verdict, probabilities, record, gr.Image(value=looked, visible=looked is not None)
 
 
 with gr.Blocks(title="dogcat: cat or dog?", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
@@ -100,30 +111,25 @@ with gr.Blocks(title="dogcat: cat or dog?", analytics_enabled=False, delete_cach
             explain_input = gr.Checkbox(label="Show where it looked (a heatmap over the photo)", value=False)
         with gr.Column():
             verdict_output = gr.Label(label="Verdict")
-            label_output = gr.Label(num_top_classes=2, label="Probabilities (cat vs dog only)")
-            overlay_output = gr.Image(type="pil", label="Where it looked", format="png", interactive=False)
+            # Secondary, without a heading of its own: its top class never contradicts the verdict above.
+            label_output = gr.Label(num_top_classes=2, label="Probabilities (cat vs dog only)", show_heading=False)
+            overlay_output = gr.Image(type="pil", label="Where it looked", format="png", interactive=False, visible=False)
+            with gr.Accordion("Result for programs (JSON)", open=False):
+                result_output = gr.JSON(label="Result", show_label=False)
+    outputs = [verdict_output, label_output, result_output, overlay_output]
     with gr.Row():
-        gr.ClearButton([image_input, verdict_output, label_output, overlay_output])
+        gr.ClearButton([image_input, *outputs])
         submit = gr.Button("Classify", variant="primary")
     gr.Examples(examples=[[str(path)] for path in EXAMPLES], inputs=[image_input], cache_examples=False)
-    submit.click(
-        predict,
-        inputs=[image_input, explain_input],
-        outputs=[verdict_output, label_output, overlay_output],
-        api_name="predict",
-        preprocess=False,
-        concurrency_limit=CONCURRENCY_LIMIT,
-    )
-    # Classify as soon as a photo arrives; the button stays for the checkbox. Private: /predict
-    # remains the one API endpoint.
-    image_input.change(
-        predict_on_change,
-        inputs=[image_input, explain_input],
-        outputs=[verdict_output, label_output, overlay_output],
-        api_visibility="private",
-        preprocess=False,
-        concurrency_limit=CONCURRENCY_LIMIT,
-    )
+    # The page classifies as soon as a photo arrives or the checkbox changes; the button stays for a
+    # second look. These are private: /predict below remains the one API endpoint.
+    for event in (submit.click, image_input.change, explain_input.change):
+        event(show, inputs=[image_input, explain_input], outputs=outputs, api_visibility="private",
+              preprocess=False, concurrency_limit=CONCURRENCY_LIMIT)
+    # The API: the same outputs, and a bad file is an error for the client, not a verdict.
+    api = gr.Button(visible=False)
+    api.click(predict, inputs=[image_input, explain_input], outputs=outputs, api_name="predict",
+              preprocess=False, concurrency_limit=CONCURRENCY_LIMIT)
 
 # api_open=False: the REST route cannot skip the queue, so the limits above hold for API clients too.
 demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE, api_open=False)

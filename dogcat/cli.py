@@ -196,7 +196,10 @@ def _parser() -> argparse.ArgumentParser:
     batch.add_argument("--runtime", choices=BATCH_RUNTIMES, default="onnx",
                        help="onnx (default, float32) or onnx-int8 (about 2x faster; `export --int8` first)")
     batch.add_argument("--address", help="join this Ray cluster (HOST:PORT of `ray start --head`); default: a local Ray")
-    batch.add_argument("--actors", type=int, help="ONNX Runtime actors (default: one per node)")
+    batch.add_argument("--actors", type=int, help="ONNX Runtime actors (default: from the cluster's CPUs, half of "
+                       "each node's for scoring and half for decoding)")
+    batch.add_argument("--retry-errors", action="store_true",
+                       help="classify again the files whose row in --out holds an error, replacing those rows")
     batch.set_defaults(handler=_batch)
 
     export = commands.add_parser("export", help="write the ONNX twin of a .keras model beside it (fast CPU inference)")
@@ -352,11 +355,7 @@ def _predict(args: argparse.Namespace) -> int:
         explained = [str(path) if path else "" for path in write_overlays(results, args.explain)]
     if args.json:
         for index, result in enumerate(results):
-            seen = result.looks_like
-            row = {"path": result.source, "verdict": result.verdict, "label": result.label,
-                   "probabilities": result.probabilities, "size": result.size,
-                   "looks_like": None if seen is None else {"name": seen.name, "probability": seen.probability},
-                   "error": result.error}
+            row = result.as_record()
             if explained is not None:
                 row["explanation"] = explained[index] or None
             print(json.dumps(row))
@@ -413,14 +412,18 @@ def _batch(args: argparse.Namespace) -> int:
     try:
         import ray  # noqa: F401  (checked here, for a one-line message)
 
-        from dogcat.batch import run_batch
+        from dogcat.batch import JobStopped, run_batch
     except ModuleNotFoundError as error:
         if error.name != "ray":
             raise
         print("dogcat: error: dogcat batch needs Ray: pip install 'dogcat[ray]'", file=sys.stderr)
         return EXIT_USAGE
-    report = run_batch(args.paths, args.out, args.model, args.runtime, args.address, args.actors,
-                       log=lambda line: print(line, file=sys.stderr))
+    try:
+        report = run_batch(args.paths, args.out, args.model, args.runtime, args.address, args.actors,
+                           log=lambda line: print(line, file=sys.stderr), retry_errors=args.retry_errors)
+    except JobStopped as error:
+        print(f"dogcat: error: {error}", file=sys.stderr)
+        return EXIT_FILE_ERRORS
     print(report.summary())
     if report.errors:
         print(f"dogcat: {report.errors} file(s) could not be classified: their rows in {args.out} say why",

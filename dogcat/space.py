@@ -17,6 +17,8 @@ app.py needs no path of its own.
 
 It never deletes what it did not write. Each build lists its files in OUT/.dogcat-space.json, and
 a rebuild replaces only the files listed there, keeping everything else (.git, the user's notes).
+The marker is pushed with the Space on purpose: a rebuild in another clone of it needs to know
+which files the last build wrote (it holds file names and the dogcat version, nothing private).
 Without that marker OUT must be empty, or a fresh clone of a Space: .git, .gitattributes and the
 Hub's generated README.md (front matter and its one "configuration reference" line), which the
 build's README replaces.
@@ -71,7 +73,15 @@ MODEL_SIDE_FILES = ("dog_cat_classifier.onnx", DETECTOR_FILENAME, CHECKSUMS_FILE
 ONNX_REQUIREMENTS = ("gradio", "onnxruntime", "pillow", "numpy")
 # Without one, the Space runs the .keras model itself.
 REQUIREMENTS = ("gradio", "keras", "tensorflow-cpu", "onnxruntime", "pillow", "numpy", "tqdm", "matplotlib")
-LFS_PATTERNS = ("*.keras", "*.onnx", "*.pkl", "*.png", "*.jpg")
+LFS_PATTERNS = ("*.keras", "*.onnx", "*.npz", "*.pkl", "*.png", "*.jpg")  # the Hub refuses binaries outside LFS
+# The card's Python example, run as it is against a served Space by the tests (test_gradio.py):
+# it must unpack exactly the outputs demos/gradio_app.py's /predict returns.
+PREDICT_SNIPPET = """from gradio_client import Client, handle_file
+
+client = Client("USER/SPACE")  # this Space
+verdict, probabilities, result, heatmap = client.predict(handle_file("photo.jpg"), False, api_name="/predict")
+print(result["verdict"], result["looks_like"])  # e.g. neither {'name': 'tiger', 'probability': 0.81}
+print(verdict["label"], probabilities["label"])  # e.g. 'Neither a cat nor a dog: looks like a tiger (81%)' 'cat'"""
 # Lists the files a build wrote, so that the next build replaces exactly those and nothing else.
 MARKER_FILENAME = ".dogcat-space.json"
 STAGING_PREFIX = ".dogcat-space-"
@@ -392,13 +402,14 @@ def space_readme(models: Path, class_names: dict[int, str], requirements: list[s
         "## Use it from Python",
         "",
         "```python",
-        "from gradio_client import Client, handle_file",
-        "",
-        'client = Client("USER/SPACE")  # this Space',
-        'verdict, probabilities = client.predict(handle_file("photo.jpg"), api_name="/predict")',
-        "# verdict: {'label': 'Dog'} ('Neither a cat nor a dog', 'Not sure (maybe cat)', ...)",
-        "# probabilities: {'label': 'dog', 'confidences': [{'label': 'dog', 'confidence': 0.99...}, ...]}",
+        *PREDICT_SNIPPET.splitlines(),
         "```",
+        "",
+        "`/predict` takes the photo and whether to draw the heatmap, and returns four outputs, in this order: "
+        "the verdict in words, the probabilities, the result for programs (`verdict`: `cat`, `dog`, `neither`, "
+        "`unsure` or `too_small`; `label`; `probabilities`; `size`; `looks_like`: ImageNet's most probable class "
+        "and its probability, a hint), and the heatmap's file (None unless asked for). An unreadable photo is an "
+        "error with a one-line reason.",
         "",
         "## Files",
         "",

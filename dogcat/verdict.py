@@ -63,6 +63,15 @@ class Prediction:
     def confidence(self) -> float | None:
         return None if self.probabilities is None else max(self.probabilities.values())
 
+    def as_record(self) -> dict:
+        """The machine-readable prediction: what `dogcat predict --json` prints a line of, and the
+        Gradio API's `result` output."""
+        seen = self.looks_like
+        return {"path": self.source, "verdict": self.verdict, "label": self.label, "probabilities": self.probabilities,
+                "size": None if self.size is None else list(self.size),
+                "looks_like": None if seen is None else {"name": seen.name, "probability": seen.probability},
+                "error": self.error}
+
     @property
     def hint(self) -> str | None:
         """"looks like a tiger (84%)" where that says something (`hint`), else None."""

@@ -316,6 +316,22 @@ MUTATIONS = [
         "    damaged = checksum_problem(onnx_path)\n", "    damaged = None\n",
         ("tests/test_cli.py::test_an_onnx_twin_damaged_inside_its_weights_is_caught_by_its_own_sha256",),
     ),
+    Mutation(
+        "the Space card's snippet unpacks two outputs", "dogcat/space.py",
+        "verdict, probabilities, result, heatmap = client.predict(", "verdict, probabilities = client.predict(",
+        ("tests/test_gradio.py::test_the_cards_python_example_runs_against_the_served_space",),
+    ),
+    Mutation(
+        "the Gradio probabilities keep a heading of their own", "demos/gradio_app.py",
+        'label="Probabilities (cat vs dog only)", show_heading=False)', 'label="Probabilities (cat vs dog only)")',
+        ("tests/test_gradio.py::test_the_probabilities_never_head_the_page",),
+    ),
+    Mutation(
+        "the Gradio checkbox does not rerun the page", "demos/gradio_app.py",
+        "    for event in (submit.click, image_input.change, explain_input.change):",
+        "    for event in (submit.click, image_input.change):",
+        ("tests/test_gradio.py::test_the_page_classifies_on_arrival_and_on_the_checkbox_and_keeps_errors_in_view",),
+    ),
 ]
 
 

@@ -75,24 +75,29 @@ def _assert_one_clean_line(message: str, folder: Path) -> None:
 def test_predict_returns_a_verdict_and_a_probability_for_each_class(app, tmp_path):
     photo = tmp_path / "drawn.png"
     _drawn_photo("dog", 3, size=80).save(photo)
-    verdict, result, looked = app.predict(_upload(photo))
+    verdict, result, record, looked = app.predict(_upload(photo))
     # The untrained tiny model is never sure, and it has no detector beside it.
     assert verdict.startswith("Not sure (maybe ")
     assert set(result) == {"cat", "dog"}
     assert all(0.0 <= p <= 1.0 for p in result.values())
     assert sum(result.values()) == pytest.approx(1.0, abs=1e-5)
     assert looked is None  # the heatmap is opt-in
-    assert app.predict(str(photo)) == (verdict, result, None)  # a plain path works too (reload mode, direct calls)
+    # For programs: the machine-readable verdict, as `dogcat predict --json` gives it, under the client's file name.
+    assert (record["file"], record["verdict"], record["probabilities"]) == ("drawn.png", "unsure", result)
+    assert "path" not in record  # gradio_client would try to download it as a file
+    assert record["looks_like"] is None  # no detector, so no ImageNet head
+    again = app.predict(str(photo))  # a plain path works too (reload mode, direct calls)
+    assert (again[0], again[1], again[3]) == (verdict, result, None)
 
 
 def test_show_where_it_looked_adds_the_overlay_image(app, tmp_path):
     photo = tmp_path / "wide.png"
     _drawn_photo("cat", 4, size=80).resize((120, 80)).save(photo)
-    verdict, result, looked = app.predict(_upload(photo), True)
+    verdict, result, _, looked = app.predict(_upload(photo), True)
     assert (verdict, result) == app.predict(_upload(photo))[:2]
     assert looked.size == (120, 80)  # the photo's own size and shape
     (fn,) = [fn for fn in app.demo.fns.values() if fn.api_name == "predict"]
-    assert [type(block).__name__ for block in fn.outputs] == ["Label", "Label", "Image"]
+    assert [type(block).__name__ for block in fn.outputs] == ["Label", "Label", "JSON", "Image"]
     assert [type(block).__name__ for block in fn.inputs] == ["Image", "Checkbox"]
 
 
@@ -131,19 +136,36 @@ def test_the_only_public_endpoint_is_predict_and_its_limits_are_set(app):
     assert app.demo._queue.max_size == app.QUEUE_MAX_SIZE
 
 
-def test_a_photo_is_classified_as_it_arrives_without_a_second_endpoint(app, tmp_path):
-    (fn,) = [fn for fn in app.demo.fns.values() if fn.fn is app.predict_on_change]
-    assert [(app.demo.blocks[block_id], event) for block_id, event in fn.targets] == [(app.image_input, "change")]
-    assert fn.api_visibility == "private"  # /predict stays the one endpoint (test above)
-    assert not fn.preprocess
-    assert fn.concurrency_limit == app.CONCURRENCY_LIMIT
-    assert app.predict_on_change(None, False) == (None, None, None)  # the clear button: outputs cleared, no error
+def test_the_probabilities_never_head_the_page(app):
+    """Only the verdict has a heading: the probabilities' top class ("dog" under "Neither a cat nor a
+    dog") would contradict it."""
+    assert app.verdict_output.show_heading is True
+    assert app.label_output.show_heading is False
+
+
+def test_the_page_classifies_on_arrival_and_on_the_checkbox_and_keeps_errors_in_view(app, tmp_path):
+    """Upload, the checkbox and the button rerun the page (privately: /predict stays the one endpoint);
+    a bad file's reason takes the verdict's place and stays; the overlay panel shows only with an overlay."""
+    fns = [fn for fn in app.demo.fns.values() if fn.fn is app.show]
+    targets = {(type(app.demo.blocks[block_id]).__name__, event) for fn in fns for block_id, event in fn.targets}
+    assert targets == {("Image", "change"), ("Checkbox", "change"), ("Button", "click")}
+    assert all(fn.api_visibility == "private" and not fn.preprocess for fn in fns)
+    assert all(fn.concurrency_limit == app.CONCURRENCY_LIMIT for fn in fns)
+    cleared = app.show(None, False)  # the clear button: outputs cleared, no error
+    assert cleared[:3] == (None, None, None)
+    assert cleared[3].visible is False
     photo = tmp_path / "drawn.png"
     _drawn_photo("cat", 5, size=96).save(photo)
-    assert app.predict_on_change(_upload(photo), False)[0] == app.predict(_upload(photo), False)[0]
+    shown = app.show(_upload(photo), False)
+    assert shown[0] == app.predict(_upload(photo), False)[0]
+    assert shown[3].visible is False  # no overlay asked for: no empty panel
+    assert app.show(_upload(photo), True)[3].visible is True
     (tmp_path / "bad.jpg").write_text("not a photo")
-    with pytest.raises(gr.Error) as error:  # and it goes before the next photo's result, not after 10 s
-        app.predict_on_change(_upload(tmp_path / "bad.jpg"), False)
+    reason, *rest = app.show(_upload(tmp_path / "bad.jpg"), False)
+    assert reason.startswith("Cannot read bad.jpg: not an image")
+    assert rest[:2] == [None, None]
+    with pytest.raises(gr.Error) as error:  # for an API client it stays an error
+        app.predict(_upload(tmp_path / "bad.jpg"), False)
     assert error.value.duration == app.ERROR_SECONDS < 10
 
 
@@ -239,7 +261,9 @@ def test_space_folder_has_everything_a_gradio_space_needs(tmp_path, measured_mod
     assert (out / "models" / MODEL_FILENAME).read_bytes() == (measured_model / MODEL_FILENAME).read_bytes()
     assert (out / "models" / CLASS_NAMES_FILENAME).is_file()
     assert {p.name for p in (out / "examples").iterdir()} == {p.name for p in (APP_FILE.parent / "examples").iterdir()}
-    assert "*.keras filter=lfs" in (out / ".gitattributes").read_text()
+    rules = (out / ".gitattributes").read_text()
+    assert "*.keras filter=lfs" in rules
+    assert "*.npz filter=lfs" in rules  # the detector and the ImageNet head: the Hub refuses binaries outside LFS
 
 
 def test_card_recipe_is_read_from_the_models_config(space):
@@ -365,8 +389,27 @@ def _probabilities(result: dict) -> dict[str, float]:
 
 def _classify(client, path: Path, explain: bool = False) -> tuple[str, str, dict[str, float], str | None]:
     """(the verdict in words, the top class, the probabilities, the overlay's local file or None) from /predict."""
-    verdict, result, looked = client.predict(gradio_client.handle_file(str(path)), explain, api_name="/predict")
+    verdict, result, _, looked = client.predict(gradio_client.handle_file(str(path)), explain, api_name="/predict")
     return verdict["label"], result["label"], _probabilities(result), looked
+
+
+@pytest.mark.slow
+@needs_tensorflow
+def test_the_cards_python_example_runs_against_the_served_space(space, space_client):
+    """The README's snippet, as it is, with only the Space's address and a photo filled in."""
+    readme = (space / "README.md").read_text(encoding="utf-8")
+    snippet = readme.split("## Use it from Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert '"USER/SPACE"' in snippet
+    assert 'handle_file("photo.jpg")' in snippet
+    rocket = space / "examples" / "rocket.jpg"
+    code = snippet.replace('"USER/SPACE"', repr(space_client.src)).replace('"photo.jpg"', repr(str(rocket)))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    printed = result.stdout.splitlines()[-2:]  # after gradio_client's own "Loaded as API: ..."
+    verdict, looks_like = printed[0].split(" ", 1)
+    assert verdict == "neither"
+    assert looks_like.startswith("{'name': ")
+    assert printed[1].startswith("Neither a cat nor a dog: looks like ")
 
 
 @pytest.mark.slow
