@@ -135,11 +135,14 @@ with gr.Blocks(title="dogcat: cat or dog?", analytics_enabled=False, delete_cach
 demo.queue(default_concurrency_limit=CONCURRENCY_LIMIT, max_size=QUEUE_MAX_SIZE, api_open=False)
 
 
-def launch(server_name: str | None = None, server_port: int | None = None, share: bool = False) -> None:
+def launch(server_name: str | None = None, server_port: int | None = None, share: bool = False,
+           share_hint: str | None = None) -> None:
     """Serve `demo`; None means $GRADIO_SERVER_NAME / $GRADIO_SERVER_PORT, else 127.0.0.1:7860.
 
     Hugging Face Spaces sets those variables (0.0.0.0:7860) and runs `python app.py`. `share`:
-    also a temporary public gradio.live link (`dogcat demo --share`, which Gradio's hint suggests).
+    also a temporary public gradio.live link. Gradio's own start-up lines are replaced by ours:
+    its hint to "set `share=True` in `launch()`" is no use to someone who ran `dogcat demo`, who
+    gets `share_hint` instead.
     """
     demo.launch(
         server_name=server_name,
@@ -147,7 +150,17 @@ def launch(server_name: str | None = None, server_port: int | None = None, share
         share=share,
         max_file_size=MAX_FILE_BYTES,  # dogcat's own upload limit, enforced before the file is stored
         show_error=False,  # only gr.Error messages reach users; anything unexpected stays in the log
+        quiet=True,
+        prevent_thread_lock=True,
     )
+    if getattr(demo, "local_url", None) is None:
+        return  # not serving (a test's stand-in for launch)
+    print(f"* Running on {demo.local_url}", flush=True)
+    if demo.share_url:
+        print(f"* Public link (for 1 week): {demo.share_url}", flush=True)
+    elif share_hint:
+        print(f"* {share_hint}", flush=True)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

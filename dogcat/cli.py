@@ -323,19 +323,24 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from dogcat.data import DataError, expand_paths
+    """Rows stream out in input order as each batch is classified (`| head` stops early), with a
+    progress bar on stderr when that is a terminal. A file that cannot be read is one row, in its
+    place; stderr also names it when stdout is JSON or CSV (for a program, read by a person)."""
+    from tqdm import tqdm
+
+    from dogcat.data import DataError, expand_in_order
     from dogcat.inference import Prediction
 
     skipped: list[Path] = []
-    sources, missing = expand_paths(args.paths, skipped)
+    listed = expand_in_order(args.paths, skipped)
     if skipped:
         from collections import Counter
 
         counts = Counter(path.suffix.lower() or "(no extension)" for path in skipped)
-        listed = ", ".join(f"{_shown(suffix)} ({count})" for suffix, count in sorted(counts.items()))
+        shown = ", ".join(f"{_shown(suffix)} ({count})" for suffix, count in sorted(counts.items()))
         print(f"dogcat: skipped {len(skipped)} file(s) in the folders given, not JPEG, PNG, WebP, BMP or GIF by "
-              f"their extension: {listed}", file=sys.stderr)
-    if not sources and not missing:
+              f"their extension: {shown}", file=sys.stderr)
+    if not listed:
         raise DataError(f"No images found (JPEG, PNG, WebP, BMP or GIF). Received: paths={args.paths}")
     if args.explain is not None and ((args.explain.exists() and not args.explain.is_dir())
                                      or not args.explain.parent.is_dir()):
@@ -345,46 +350,73 @@ def _predict(args: argparse.Namespace) -> int:
     classifier = _load_classifier(args.model, args.runtime)
     _warn_about_verdicts(classifier)
     names = list(classifier.class_names.values())
-    results = classifier.predict(sources, explain=args.explain is not None) + [
-        Prediction(m, error="no such file") for m in missing]
-    # The `explanation` column/field appears only with --explain, so existing consumers see no change.
-    explained = None
-    if args.explain is not None:
-        from dogcat.explain import write_overlays
-
-        explained = [str(path) if path else "" for path in write_overlays(results, args.explain)]
-    if args.json:
-        for index, result in enumerate(results):
-            row = result.as_record()
-            if explained is not None:
-                row["explanation"] = explained[index] or None
-            print(json.dumps(row))
-    elif args.csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        extra = ["explanation"] if explained is not None else []
-        writer.writerow(["path", "verdict", "label", *(f"p_{n}" for n in names), "width", "height",
-                         "looks_like", "p_looks_like", "error", *extra])
-        for index, result in enumerate(results):
-            probabilities = [f"{result.probabilities[n]:.6f}" for n in names] if result.probabilities else [""] * len(names)
-            width, height = result.size or ("", "")
-            seen = (result.looks_like.name, f"{result.looks_like.probability:.6f}") if result.looks_like else ("", "")
-            writer.writerow([result.source, result.verdict or "", result.label or "", *probabilities, width, height,
-                             *seen, result.error or "", *([explained[index]] if extra else [])])
-    else:
-        width = max(len(_shown(r.source)) for r in results)
-        print(f"{'path':<{width}}  {'verdict':<9}  " + "  ".join(f"p({n})" for n in names)
-              + ("  explanation" if explained is not None else ""))
-        for index, result in enumerate(results):
-            if result.error:
-                print(f"{_shown(result.source):<{width}}  error: {result.error}")
+    sources = [path for path, why in listed if why is None]
+    write_row = _row_writer(args, names, width=max(len(_shown(path)) for path, _ in listed))
+    batches = classifier.predict_batches(sources, explain=args.explain is not None)
+    done: list[Prediction] = []
+    failed = 0
+    with tqdm(total=len(sources), unit="photo", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False,
+              dynamic_ncols=True) as progress:
+        for path, why in listed:
+            if why is not None:
+                result = Prediction(path, error=why)
             else:
-                print(f"{_shown(result.source):<{width}}  {result.verdict:<9}  "
-                      + "  ".join(f"{result.probabilities[n]:{len(n) + 3}.4f}" for n in names)
-                      + (f"  {explained[index]}" if explained is not None else ""))
-    failed = [r for r in results if r.error]
-    for result in failed:
-        print(f"dogcat: error: {_shown(result.source)}: {result.error}", file=sys.stderr)
+                if not done:
+                    sys.stdout.flush()  # the rows so far reach a pipe now, not at the end
+                    done = next(batches)
+                    progress.update(len(done))
+                result = done.pop(0)
+            explanation = None
+            if args.explain is not None:
+                from dogcat.explain import write_overlays
+
+                explanation = str(write_overlays([result], args.explain)[0] or "")
+            with tqdm.external_write_mode(file=sys.stdout):
+                write_row(result, explanation)
+                if result.error and (args.json or args.csv):
+                    print(f"dogcat: error: {_shown(result.source)}: {result.error}", file=sys.stderr)
+            failed += result.error is not None
+    if failed and not (args.json or args.csv):
+        print(f"dogcat: {failed} of {len(listed)} file(s) could not be read; their rows say why", file=sys.stderr)
     return EXIT_FILE_ERRORS if failed else 0
+
+
+def _row_writer(args: argparse.Namespace, names: list[str], width: int):
+    """A function that prints one prediction's row (after printing the header, for CSV and the table)."""
+    explaining = args.explain is not None
+    if args.json:
+        def json_row(result, explanation: str | None) -> None:
+            row = result.as_record()
+            if explaining:  # the `explanation` field appears only with --explain: existing consumers see no change
+                row["explanation"] = explanation or None
+            print(json.dumps(row))
+
+        return json_row
+    if args.csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(["path", "verdict", "label", *(f"p_{n}" for n in names), "width", "height",
+                         "looks_like", "p_looks_like", "error", *(["explanation"] if explaining else [])])
+
+        def csv_row(result, explanation: str | None) -> None:
+            probabilities = [f"{result.probabilities[n]:.6f}" for n in names] if result.probabilities else [""] * len(names)
+            size = result.size or ("", "")
+            seen = (result.looks_like.name, f"{result.looks_like.probability:.6f}") if result.looks_like else ("", "")
+            writer.writerow([result.source, result.verdict or "", result.label or "", *probabilities, *size,
+                             *seen, result.error or "", *([explanation] if explaining else [])])
+
+        return csv_row
+    print(f"{'path':<{width}}  {'verdict':<9}  " + "  ".join(f"p({n})" for n in names)
+          + ("  explanation" if explaining else ""))
+
+    def table_row(result, explanation: str | None) -> None:
+        if result.error:
+            print(f"{_shown(result.source):<{width}}  error: {result.error}")
+            return
+        print(f"{_shown(result.source):<{width}}  {result.verdict:<9}  "
+              + "  ".join(f"{result.probabilities[n]:{len(n) + 3}.4f}" for n in names)
+              + (f"  {explanation}" if explaining else ""))
+
+    return table_row
 
 
 def _shown(name: str) -> str:
@@ -464,9 +496,25 @@ def _app(args: argparse.Namespace) -> int:
     if args.model is not None:
         _load_classifier(args.model)  # fail here, in one line, rather than inside the page
         env["DOGCAT_MODEL"] = str(args.model.resolve())
+    _check_port_free(args.host, args.port)  # Streamlit's own "Port 8501 is not available" names no way out
     # Replace this process, so Ctrl-C and a supervisor's SIGTERM reach Streamlit directly.
     os.execve(sys.executable, _app_command(script, args.host, args.port), env)
     return 0  # not reached
+
+
+def _check_port_free(host: str, port: int) -> None:
+    """Raise DataError, in one line that says what to do, when another server holds `host:port`."""
+    import socket
+
+    from dogcat.data import DataError
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is no obstacle
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise DataError(f"Cannot serve on {host}:{port} ({os.strerror(error.errno) if error.errno else error}): "
+                            f"another program uses it; pick a free one with --port N. Received: port={port}") from None
 
 
 def _app_command(script: Path, host: str, port: int) -> list[str]:
@@ -524,7 +572,8 @@ def _demo(args: argparse.Namespace) -> int:
     with _stderr_parked():  # Keras's start-up chatter, if the model needs it
         spec.loader.exec_module(module)  # builds the app and loads the model, once
     _warn_about_verdicts(module.CLASSIFIER)  # the app's own warning went to the parked stderr
-    module.launch(server_name=args.host, server_port=args.port, share=args.share)
+    module.launch(server_name=args.host, server_port=args.port, share=args.share,
+                  share_hint="For a temporary public link: dogcat demo --share")
     return 0
 
 

@@ -258,34 +258,45 @@ def read_split(data_dir: str | Path, split: str) -> Split:
 
 
 def expand_paths(patterns: list[str], skipped: list[Path] | None = None) -> tuple[list[str], list[str]]:
-    """Files as given, folders searched recursively for images, globs expanded; returns (found, missing).
+    """Files as given, folders searched recursively for images, globs expanded; returns (found,
+    missing): `expand_in_order`'s paths, split by whether they need an answer from the decoder."""
+    listed = expand_in_order(patterns, skipped)
+    return [p for p, reason in listed if reason is None], [p for p, reason in listed if reason is not None]
 
-    `found` holds every path the decoder must answer for, readable or not: a fifo, a broken link,
-    a file without read permission, a folder named like an image, and a folder that cannot be
+
+NO_SUCH_FILE = "no such file"
+NO_MATCH = "no file matches this pattern"
+
+
+def expand_in_order(patterns: list[str], skipped: list[Path] | None = None) -> list[tuple[str, str | None]]:
+    """(path, None) for each file to read, in the order given, and (pattern, why) where a pattern
+    names nothing: NO_SUCH_FILE, or NO_MATCH for a glob that matches nothing.
+
+    A path to read is every path the decoder must answer for, readable or not: a fifo, a broken
+    link, a file without read permission, a folder named like an image, and a folder that cannot be
     listed each get their own one-line reason from it, instead of a traceback or silence.
     `skipped`, if given, receives the files inside folders left out for their extension (.heic, .pdf).
     """
-    found: list[str] = []
-    missing: list[str] = []
+    listed: list[tuple[str, str | None]] = []
     for pattern in patterns:
         path = Path(pattern)
         try:
             is_dir, exists = path.is_dir(), path.exists() or path.is_symlink()
         except OSError:  # e.g. a parent folder without search permission: the decoder says so
-            found.append(pattern)
+            listed.append((pattern, None))
             continue
         if is_dir:
             files, unreadable = list_image_files(path, skipped)
-            found.extend(str(p) for p in sorted(files + unreadable))
+            listed.extend((str(p), None) for p in sorted(files + unreadable))
             if not files and not unreadable and path.suffix.lower() in IMAGE_SUFFIXES:
-                found.append(pattern)  # `x.jpg/` was surely meant as a photo: the decoder says it is a folder
+                listed.append((pattern, None))  # `x.jpg/` was surely meant as a photo: the decoder says it is a folder
         elif exists:
-            found.append(pattern)
+            listed.append((pattern, None))
         elif glob.has_magic(pattern):
             matches = sorted(glob.glob(pattern, recursive=True))
-            found.extend(m for m in matches if not os.path.isdir(m) or Path(m).suffix.lower() in IMAGE_SUFFIXES)
+            listed.extend((m, None) for m in matches if not os.path.isdir(m) or Path(m).suffix.lower() in IMAGE_SUFFIXES)
             if not matches:
-                missing.append(pattern)
+                listed.append((pattern, NO_MATCH))
         else:
-            missing.append(pattern)
-    return found, missing
+            listed.append((pattern, NO_SUCH_FILE))
+    return listed

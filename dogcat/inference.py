@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -291,6 +291,13 @@ class Classifier:
         `rules` overrides the classifier's verdict rules for this call (an app's slider).
         `explain`: also give each prediction its Grad-CAM `heatmap` (dogcat.explain); off, nothing
         extra is computed.
+        """
+        return [p for batch in self.predict_batches(sources, names, rules, explain) for p in batch]
+
+    def predict_batches(self, sources: Sequence[ImageSource], names: Sequence[str] | None = None,
+                        rules: VerdictRules | None = None, explain: bool = False) -> Iterator[list[Prediction]]:
+        """`predict`, one batch of `batch_size` predictions at a time, in input order, as each is
+        done: a command line prints rows while the rest are still being classified.
 
         Sources are decoded `batch_size` at a time, the next batch on a helper thread while the
         network runs on the current one (Pillow and both runtimes release the GIL), so decoding
@@ -301,15 +308,13 @@ class Classifier:
         names = list(names) if names is not None else [_describe(s) for s in sources]
         size = self.batch_size
         chunks = [(sources[i : i + size], names[i : i + size]) for i in range(0, len(sources), size)]
-        results: list[Prediction] = []
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dogcat-decode") as decoder:
             upcoming = decoder.submit(self._decode_batch, *chunks[0]) if chunks else None
             for index in range(len(chunks)):
                 batch = upcoming.result()
                 if index + 1 < len(chunks):
                     upcoming = decoder.submit(self._decode_batch, *chunks[index + 1])
-                results.extend(self._classify(*batch, rules or self.rules, explain))
-        return results
+                yield self._classify(*batch, rules or self.rules, explain)
 
     def _no_explanation(self) -> str:
         if self.runtime.startswith("onnx"):

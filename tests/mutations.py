@@ -332,6 +332,28 @@ MUTATIONS = [
         "    for event in (submit.click, image_input.change):",
         ("tests/test_gradio.py::test_the_page_classifies_on_arrival_and_on_the_checkbox_and_keeps_errors_in_view",),
     ),
+    Mutation(
+        "predict prints its rows only at the end", "dogcat/cli.py",
+        "                    sys.stdout.flush()  # the rows so far reach a pipe now, not at the end\n"
+        "                    done = next(batches)\n",
+        "                    done = [p for batch in batches for p in batch]\n",
+        ("tests/test_cli.py::test_predict_streams_its_rows_while_the_rest_are_still_being_classified",),
+    ),
+    Mutation(
+        "missing files listed after the rest", "dogcat/data.py",
+        "    return listed\n", "    return sorted(listed, key=lambda item: item[1] is not None)\n",
+        ("tests/test_cli.py::test_missing_files_and_empty_globs_are_reported_once_in_their_place",),
+    ),
+    Mutation(
+        "dogcat app hands a busy port to Streamlit", "dogcat/cli.py",
+        "    _check_port_free(args.host, args.port)  #", "    pass  #",
+        ("tests/test_cli.py::test_app_on_a_busy_port_says_to_pick_another_in_one_line",),
+    ),
+    Mutation(
+        "dogcat demo shows Gradio's share=True hint", "demos/gradio_app.py",
+        "        quiet=True,\n", "        quiet=False,\n",
+        ("tests/test_gradio.py::test_cli_demo_serves_the_app",),
+    ),
 ]
 
 

@@ -127,10 +127,11 @@ def test_console_entry_point_reports_bad_input_without_a_traceback(tmp_path, tin
         capture_output=True, text=True, cwd=REPO, timeout=300,
     )
     assert result.returncode == 1
-    # exactly one line: no traceback, and no backend start-up chatter around it
-    warning, error = result.stderr.splitlines()
+    # The reason once, in the file's row; on stderr a one-line summary: no traceback, no backend chatter.
+    assert result.stdout.splitlines()[1].endswith("error: not an image, or not a supported format (JPEG, PNG, WebP, BMP or GIF)")
+    warning, summary = result.stderr.splitlines()
     assert warning.startswith("dogcat: warning: no ")  # the tiny model has no detector beside it
-    assert error == f"dogcat: error: {tmp_path / 'bad.jpg'}: not an image, or not a supported format (JPEG, PNG, WebP, BMP or GIF)"
+    assert summary == "dogcat: 1 of 1 file(s) could not be read; their rows say why"
 
 
 def test_predict_explain_writes_one_overlay_per_photo_named_in_the_output(photos, tmp_path, tiny_model_dir, capsys):
@@ -310,3 +311,55 @@ def test_an_onnx_twin_damaged_inside_its_weights_is_caught_by_its_own_sha256(tmp
     assert classifier.runtime_warning.startswith(f"{onnx} does not match its sha256 in {folder / 'SHA256SUMS'}")
     (folder / "SHA256SUMS").unlink()  # without the file, the damage goes unseen: what the check is for
     assert Classifier.from_path(folder / "dog_cat_classifier.keras").runtime == "onnx"
+
+
+def test_missing_files_and_empty_globs_are_reported_once_in_their_place(photos, tiny_model_dir, capsys):
+    code = main(["predict", str(photos / "nope.jpg"), str(photos / "cat.0.jpg"), str(photos / "*.heic"),
+                 str(photos / "dog.0.jpg"), "--model", str(tiny_model_dir / "dog_cat_classifier.keras")])
+    out, err = capsys.readouterr()
+    assert code == 1
+    rows = out.splitlines()[1:]
+    assert [row.split()[0].rsplit("/", 1)[-1] for row in rows] == ["nope.jpg", "cat.0.jpg", "*.heic", "dog.0.jpg"]
+    assert rows[0].endswith("error: no such file")
+    assert rows[2].endswith("error: no file matches this pattern")
+    assert "nope.jpg" not in err  # once: in its row
+    assert err.splitlines()[-1] == "dogcat: 2 of 4 file(s) could not be read; their rows say why"
+
+
+def test_predict_streams_its_rows_while_the_rest_are_still_being_classified(tmp_path):
+    """The first rows reach a pipe after the first batch, not after the last (`| head` saves the rest)."""
+    import shutil
+    import time
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(600):
+        shutil.copy(REPO / "demos" / "examples" / "cat-chelsea.jpg", photos / f"{index:03}.jpg")
+    process = subprocess.Popen([sys.executable, "-m", "dogcat", "predict", "--json", str(photos)], cwd=REPO,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        first = process.stdout.readline()
+        first_at = time.monotonic()
+        rest = process.stdout.read().splitlines()
+        last_at = time.monotonic()
+    finally:
+        process.kill()
+        process.wait()
+    assert json.loads(first)["path"].endswith("000.jpg")
+    assert len(rest) == 599
+    # At ~100-200 photos a second the other 599 take seconds; printed at the end, they would come at once.
+    assert last_at - first_at > 1.0, last_at - first_at
+
+
+def test_app_on_a_busy_port_says_to_pick_another_in_one_line(capsys):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code = main(["app", "--port", str(port)])
+    assert code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"dogcat: error: Cannot serve on 127.0.0.1:{port} (Address already in use): another program uses it; "
+        f"pick a free one with --port N. Received: port={port}"]

@@ -482,6 +482,9 @@ def test_cli_demo_refuses_a_missing_model_in_one_line(tmp_path, capsys):
     assert len(err.strip().splitlines()) == 1
 
 
+DEMO_LOGS: dict[str, Path] = {}
+
+
 @pytest.fixture(scope="module")
 def demo_url(tiny_model_dir, tmp_path_factory):
     """`dogcat demo` with the tiny model, serving on 127.0.0.1:<free port>; always stopped."""
@@ -492,6 +495,7 @@ def demo_url(tiny_model_dir, tmp_path_factory):
                "--model", str(tiny_model_dir / MODEL_FILENAME)]
     with serving(command, f"{url}/gradio_api/info", folder / "demo.log", SERVER_START_TIMEOUT,
                  cwd=folder, env=_space_env(port, keep_backend=True)):
+        DEMO_LOGS[url] = folder / "demo.log"  # what the console showed, for the test that reads it
         yield url
 
 
@@ -503,6 +507,10 @@ def test_cli_demo_serves_the_app(demo_url, tmp_path):
     assert set(probabilities) == {"cat", "dog"}
     assert label == max(probabilities, key=probabilities.get)
     assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
+    console = DEMO_LOGS[demo_url].read_text()
+    assert f"* Running on {demo_url}" in console
+    assert "* For a temporary public link: dogcat demo --share" in console
+    assert "share=True" not in console  # Gradio's own hint names an argument dogcat users never write
 
 
 @pytest.mark.slow
