@@ -560,7 +560,7 @@ def _demo(args: argparse.Namespace) -> int:
         print(f"dogcat: error: {error}", file=sys.stderr)
         return EXIT_USAGE
     except ModuleNotFoundError:
-        print("dogcat: error: the demo needs Gradio: pip install 'dogcat[gradio]'", file=sys.stderr)
+        print("dogcat: error: the demo needs Gradio: pip install 'gradio>=6,<7' (or dogcat's gradio extra from its checkout: pip install '.[gradio]')", file=sys.stderr)
         return EXIT_USAGE
     if args.model is not None:
         if not args.model.exists():

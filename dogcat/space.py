@@ -130,7 +130,7 @@ def pinned_requirements(names: tuple[str, ...] = REQUIREMENTS) -> list[str]:
             extra = "gradio" if name == "gradio" else "tensorflow"
             raise SpaceError(
                 f"{name} is not installed, so there is no tested version to pin; "
-                f"install it first (pip install 'dogcat[{extra}]')."
+                f"install it first (from dogcat's checkout: pip install '.[{extra}]')."
             )
     return lines
 

@@ -140,7 +140,7 @@ def tune(
     try:
         import optuna
     except ModuleNotFoundError:
-        raise TuneError("dogcat tune needs Optuna: pip install 'dogcat[tune]'. Received: optuna=None") from None
+        raise TuneError("dogcat tune needs Optuna: pip install 'optuna>=4' (or dogcat's tune extra from its checkout: pip install '.[tune]'). Received: optuna=None") from None
     from optuna.trial import TrialState
 
     # Imports Keras: here, not when the CLI imports this module.
