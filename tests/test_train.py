@@ -34,6 +34,7 @@ def test_training_writes_a_complete_run_folder(tmp_path, tiny_dataset, views):
     assert {p.name for p in run.iterdir()} == {
         "dog_cat_classifier.keras", "class_names.pkl", "config.toml", "history.csv", "metrics.json",
         "training_curves.png", "best.weights.h5", "state.json", "dog_cat_classifier.onnx", "dog_cat_detector.npz",
+        "SHA256SUMS",
     }
     assert load_class_names(run / "class_names.pkl") == CLASS_NAMES
     served = Classifier.from_path(run / "dog_cat_classifier.keras")  # the ONNX twin, and the detector tied to it
