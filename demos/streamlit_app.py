@@ -99,16 +99,17 @@ def show_prediction(upload: Upload, prediction: Prediction) -> None:
         return
     # st.image ignores EXIF orientation (streamlit#6809), so show the upright decode instead.
     # This is a second, display-sized decode on purpose: the model's input must come from
-    # decode_image on the original bytes, exactly as in training, not from this preview.
+    # decode_image on the original bytes, exactly as in training, not from this preview. It is the
+    # only other one: the heatmap is drawn over this same upright preview, not over a third decode.
     try:
         preview = load_image(io.BytesIO(upload.data), draft_size=PREVIEW_SIZE, max_side=PREVIEW_SIZE)
     except ImageError:
         preview = None  # unreachable in practice: predict decoded the same bytes
-    if prediction.heatmap is None:
+    if prediction.heatmap is None or preview is None:
         picture, verdict = st.columns([1, 1])
     else:
         picture, looked, verdict = st.columns([1, 1, 1])
-        looked.image(overlay(io.BytesIO(upload.data), prediction.heatmap, max_side=PREVIEW_SIZE),
+        looked.image(overlay(preview, prediction.heatmap, max_side=PREVIEW_SIZE),
                      caption=f"Where it looked for a {prediction.label}", width="stretch")
     if preview is not None:
         picture.image(preview, caption=upload.name, width="stretch")

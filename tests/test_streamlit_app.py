@@ -69,6 +69,44 @@ def test_show_where_it_looked_adds_an_overlay_per_photo(tiny_app):
     assert len(app.get("image")) == 2
 
 
+def test_with_the_heatmap_each_upload_is_decoded_once_for_the_model_and_once_for_both_pictures(tiny_app, monkeypatch):
+    """Issue #23: the heatmap is drawn over the preview, not over a third decode of the upload (a
+    large PNG costs a decode's memory each time). The model still decodes the upload's own bytes."""
+    from dogcat import preprocessing
+
+    opened = []
+    real_open = preprocessing._open
+    monkeypatch.setattr(preprocessing, "_open", lambda source: opened.append(source) or real_open(source))
+    tiny_app.toggle(key="explain").set_value(True).run()
+    files = [("a.jpg", _jpeg("cat", 1)), ("b.jpg", _jpeg("dog", 2))]
+    app = _upload(tiny_app, files)
+    assert not app.exception
+    assert len(app.get("image")) == 4  # each photo and its heatmap
+    decoded = [source if isinstance(source, bytes) else source.getvalue() for source in opened]
+    assert sorted(decoded) == sorted(data for _, data in files for _ in range(2))
+    assert sum(isinstance(source, bytes) for source in opened) == 2  # the model's: the upload's bytes, as in training
+
+
+def test_the_heatmap_over_the_preview_is_the_heatmap_over_the_upload():
+    """What the page now draws is what it drew when the overlay decoded the upload again: the preview
+    is upright already, so it is not turned twice, and it is no smaller than the overlay."""
+    import numpy as np
+    from PIL import Image
+
+    from dogcat.explain import overlay
+    from dogcat.preprocessing import load_image
+    from tests.imagegen import encode, make_exif_jpeg, quadrants
+
+    palette = Image.new("P", (1500, 1000), 0)
+    palette.putpalette([230, 120, 40] * 128 + [10, 20, 30] * 128)
+    palette.paste(200, (0, 0, 700, 500))
+    heatmap = np.random.default_rng(0).random((7, 7)).astype(np.float32)
+    for data in (make_exif_jpeg(quadrants((1200, 800)), 6), encode(palette, "PNG", transparency=0), _jpeg("cat", 1)):
+        preview = load_image(io.BytesIO(data), draft_size=512, max_side=512)
+        again = overlay(io.BytesIO(data), heatmap, max_side=512)
+        np.testing.assert_array_equal(np.asarray(overlay(preview, heatmap, max_side=512)), np.asarray(again))
+
+
 def test_threshold_decides_when_the_page_is_not_sure(tiny_app):
     # The untrained tiny model is never confident: every top probability is close to 0.5.
     app = _upload(tiny_app, [("a.jpg", _jpeg("cat", 1))])
