@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import io
 import math
+from collections import Counter
 from dataclasses import dataclass
 
 import streamlit as st
 
 from dogcat.artifacts import load_model_card
+from dogcat.data import IMAGE_SUFFIXES
 from dogcat.detector import DESCRIPTION
 from dogcat.explain import overlay
 from dogcat.inference import Classifier, Prediction, default_model_path, predict_config_for
 from dogcat.preprocessing import ImageError, load_image
-from dogcat.verdict import NEITHER, TOO_SMALL, UNSURE, VerdictRules
+from dogcat.verdict import NEITHER, TOO_SMALL, UNSURE, VERDICTS, VerdictRules
 
-UPLOAD_TYPES = ["jpg", "jpeg", "png"]
+UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)  # what the CLI and Gradio read, too
 PREVIEW_SIZE = 512  # photos are shown at most this wide; large JPEGs are decoded at reduced scale
+ERROR = "error"  # the summary's name for uploads that could not be read
+VERDICT_NAMES = {"cat": "Cats", "dog": "Dogs", NEITHER: "Neither", UNSURE: "Not sure", TOO_SMALL: "Too small",
+                 ERROR: "Unreadable"}
 # Below 1: at 1.00 every photo would be "not sure", even one the bars call 100%.
 MAX_THRESHOLD = 0.99
 
@@ -64,9 +69,10 @@ def about(model_path: str) -> None:
         else:
             st.markdown("No measured metrics were found beside this model.")
         st.markdown(neither_text(test or {}))
-        if training.get("data_manifest_sha256"):
-            st.caption(f"Data manifest sha256 {training['data_manifest_sha256'][:12]}...")
-        st.caption(f"Model file: {model_path}")
+        with st.expander("Technical details"):  # for whoever maintains the server, not for a pet owner
+            if training.get("data_manifest_sha256"):
+                st.caption(f"Data manifest sha256 {training['data_manifest_sha256'][:12]}...")
+            st.caption(f"Model file: {model_path}")
 
 
 def neither_text(test: dict) -> str:
@@ -113,7 +119,10 @@ def show_prediction(upload: Upload, prediction: Prediction) -> None:
                      caption=f"Where it looked for a {prediction.label}", width="stretch")
     if preview is not None:
         picture.image(preview, caption=upload.name, width="stretch")
-    verdict.subheader(prediction.text)
+    heading, _, detail = prediction.text.partition(" (")  # "Too small to judge (60x40 px; ...)": the size below
+    verdict.subheader(prediction.text if prediction.verdict == UNSURE else heading)
+    if detail and prediction.verdict == TOO_SMALL:
+        verdict.caption(detail.rstrip(")"))
     if prediction.verdict == NEITHER:
         verdict.caption("Unlike the training photos, and ImageNet's classes see no cat or dog in it.")
     elif prediction.verdict in (UNSURE, TOO_SMALL):
@@ -139,7 +148,7 @@ def main() -> None:
     rules, use_camera, explain = sidebar(model_path)
     uploads = collect_uploads(use_camera)
     if not uploads:
-        st.info("Upload one or more JPEG or PNG photos to classify them.")
+        st.info("Upload one or more photos (JPEG, PNG, WebP, BMP or GIF) to classify them.")
         return
     # The spinner takes the upload prompt's place at once, so the prompt does not linger, faded,
     # beside the listed files while the photos are classified.
@@ -148,10 +157,25 @@ def main() -> None:
         explain = explain and classifier.can_explain  # a model that cannot simply shows no heatmaps
         predictions = classifier.predict([u.data for u in uploads], names=[u.name for u in uploads], rules=rules,
                                          explain=explain)
-    if classifier.verdict_warning:
-        st.warning(classifier.verdict_warning)
+    for warning in classifier.warnings:
+        st.warning(warning)
+    shown = summary(predictions)
     for upload, prediction in zip(uploads, predictions, strict=True):
-        show_prediction(upload, prediction)
+        if (prediction.verdict or ERROR) in shown:
+            show_prediction(upload, prediction)
+
+
+def summary(predictions: list[Prediction]) -> set[str]:
+    """Counts per verdict at the top, as a filter: the verdicts (and errors) to show below."""
+    counts = Counter(p.verdict or ERROR for p in predictions)
+    present = [v for v in (*VERDICTS, ERROR) if counts[v]]
+    if len(predictions) < 2:
+        return set(present)
+    # Keyed by the verdicts present: a new kind of verdict (another upload) starts again from "show all".
+    chosen = st.pills(f"{len(predictions)} photos", present, selection_mode="multi", default=present,
+                      key=f"show-{'-'.join(present)}",
+                      format_func=lambda v: f"{VERDICT_NAMES[v]}: {counts[v]}")
+    return set(chosen or present)
 
 
 if __name__ == "__main__":

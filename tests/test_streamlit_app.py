@@ -197,3 +197,44 @@ def test_the_camera_photo_is_answered_first_and_the_prompt_goes(tiny_app):
     assert not app.exception
     captions = [image.proto.imgs[0].caption for image in app.get("image")]
     assert captions == ["camera photo", "a.jpg"]  # right below the camera, above the uploads
+
+
+def test_the_uploader_takes_every_format_the_cli_and_gradio_read(monkeypatch):
+    """A .webp was refused with a hover-only icon while the app's own text listed WebP, BMP and GIF."""
+    from PIL import Image
+
+    from dogcat.data import IMAGE_SUFFIXES
+
+    monkeypatch.delenv("DOGCAT_MODEL", raising=False)
+    app = AppTest.from_file(APP, default_timeout=120).run()
+    assert sorted(app.file_uploader(key="uploads").proto.type) == sorted(IMAGE_SUFFIXES)
+    buffer = io.BytesIO()
+    Image.open(REPO / "demos" / "examples" / "cat-chelsea.jpg").save(buffer, format="WEBP")
+    app.file_uploader(key="uploads").set_value([("chelsea.webp", buffer.getvalue(), "image/webp")])
+    app = app.run()
+    assert [s.value for s in app.subheader] == ["Cat"]
+
+
+def test_many_photos_get_a_summary_that_filters_them_and_short_headings(monkeypatch):
+    """Counts per verdict at the top, which also choose what is shown; "Too small" keeps its size below it."""
+    from PIL import Image
+
+    monkeypatch.delenv("DOGCAT_MODEL", raising=False)
+    examples = REPO / "demos" / "examples"
+    small = io.BytesIO()
+    Image.open(examples / "cat-chelsea.jpg").resize((60, 40)).save(small, format="PNG")
+    app = AppTest.from_file(APP, default_timeout=120).run()
+    app = _upload(app, [("cat.jpg", (examples / "cat-chelsea.jpg").read_bytes()),
+                        ("rocket.jpg", (examples / "rocket.jpg").read_bytes()),
+                        ("astronaut.jpg", (examples / "astronaut.jpg").read_bytes()),
+                        ("tiny.png", small.getvalue()), ("bad.jpg", b"not a photo")])
+    assert not app.exception
+    pills = app.get("button_group")[0]
+    assert pills.label == "5 photos"
+    assert sorted(pills.value) == ["cat", "error", "neither", "too_small"]
+    headings = [s.value for s in app.subheader]
+    assert headings == ["Cat", "Neither a cat nor a dog", "Neither a cat nor a dog", "Too small to judge"]
+    assert "60x40 px; needs 80 px on the shorter side" in [c.value for c in app.caption]
+    pills.set_value(["neither"]).run()  # show only the photos called neither
+    assert [s.value for s in app.subheader] == ["Neither a cat nor a dog", "Neither a cat nor a dog"]
+    assert not app.error  # the unreadable upload is filtered out too

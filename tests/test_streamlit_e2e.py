@@ -65,6 +65,17 @@ def test_browser_upload_gives_labels_and_a_readable_error(app_url, shared_data, 
             assert hints >= 1
             assert page.get_by_text("ImageNet's best guess: a hint, not a claim.").count() == hints
 
+            # A WebP, which the uploader once refused with a hover-only icon: classified like a JPEG.
+            from PIL import Image
+
+            webp = tmp_path / "chelsea.webp"
+            Image.open(REPO / "demos" / "examples" / "cat-chelsea.jpg").save(webp, format="WEBP")
+            uploader.set_input_files([webp])
+            page.wait_for_function(
+                "() => [...document.querySelectorAll('[data-testid=\"stHeading\"] h3')]"
+                ".some(h => h.innerText.trim() === 'Cat')", timeout=60_000
+            )
+
             uploader.set_input_files([corrupt])
             error = page.locator('[data-testid="stAlertContentError"]')
             error.wait_for(timeout=60_000)
