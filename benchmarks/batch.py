@@ -2,6 +2,7 @@
 
     python benchmarks/batch.py [--files 2000] [--rounds 2] [--model models/dog_cat_classifier.keras]
                                [--data data/dogcat-4k] [--source KAGGLE_TRAIN_DIR] [--neither FOLDER]
+    python benchmarks/batch.py --scale-out [--files 2000] [--rounds 2]      (#25: 1 vs 2 one-CPU nodes)
 
 Throughput, files per second, on the same `--files` Kaggle photos:
 - the network alone (ONNX Runtime on decoded photos, batches of 32): float32, the raw int8
@@ -14,6 +15,13 @@ The commands alternate over `--rounds` rounds, so drift in the machine's load hi
 medians are reported. Then the int8 contract: labels, accuracy and log loss against float32 on
 the test split and on the Kaggle photos outside the dataset, and the share called "neither".
 The int8 twin is written first if missing (`dogcat export --int8`, calibrated on `--data`).
+
+`--scale-out` measures instead how `dogcat batch --address` grows with the cluster (#25): a
+cluster of one 1-CPU node against one of two, started here with `ray start`, each node pinned to
+a core of its own with `taskset` (and the driver on the head's core), so that a "1-CPU node" is
+one core as on a real machine and not a share of all of them. Both clusters run the same photos
+in the same run, alternating over `--rounds`; the rate after start-up is again from the
+difference with a 32-photo job.
 """
 
 from __future__ import annotations
@@ -70,6 +78,76 @@ def timed(command: list[str]) -> float:
     return time.perf_counter() - started
 
 
+def _ray_node(args: list[str], core: int) -> subprocess.Popen:
+    """`ray start ... --num-cpus 1 --block` on one core (its raylet and workers inherit the affinity)."""
+    return subprocess.Popen(["taskset", "-c", str(core), str(Path(sys.executable).with_name("ray")), "start", *args,
+                             "--num-cpus", "1", "--block", "--disable-usage-stats"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _wait_nodes(address: str, count: int, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = subprocess.run([str(Path(sys.executable).with_name("ray")), "status", "--address", address],
+                                capture_output=True, text=True)
+        active = status.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]
+        if status.returncode == 0 and sum("node_" in line for line in active.splitlines()) >= count:
+            return
+        time.sleep(1)
+    raise RuntimeError(f"the Ray cluster at {address} did not reach {count} node(s)")
+
+
+def scale_out(model: Path, folder: Path, small: Path, files: int, rounds: int, work: Path) -> list[str]:
+    """Markdown rows: `dogcat batch --address` on one 1-CPU node and on two, and the ratio after start-up."""
+    import signal
+    import socket
+
+    # Token auth, as the README tells users (and the tests do): the nodes, `ray status` and the jobs alike.
+    os.environ["RAY_AUTH_MODE"] = "token"
+    subprocess.run([str(Path(sys.executable).with_name("ray")), "get-auth-token", "--generate"], capture_output=True)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    seconds: dict[tuple[int, str], list[float]] = {(n, s): [] for n in (1, 2) for s in ("full", "small")}
+    for round_number in range(rounds):
+        for nodes in (1, 2):
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                port = probe.getsockname()[1]
+            address = f"127.0.0.1:{port}"
+            cluster = [_ray_node(["--head", "--port", str(port), "--include-dashboard", "false"], 0)]
+            try:
+                _wait_nodes(address, 1)
+                if nodes == 2:
+                    cluster.append(_ray_node(["--address", address], 1))
+                    _wait_nodes(address, 2)
+                for size, source in (("small", small), ("full", folder)):
+                    command = ["taskset", "-c", "0", sys.executable, "-m", "dogcat.cli", "batch", str(source), "--out",
+                               tempfile.mkdtemp(dir=work), "--model", str(model), "--address", address]
+                    started = time.perf_counter()
+                    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+                    seconds[nodes, size].append(time.perf_counter() - started)
+                    print(f"  round {round_number + 1}, {nodes} node(s), {size}: {seconds[nodes, size][-1]:.1f} s", flush=True)
+            finally:
+                for node in reversed(cluster):
+                    os.killpg(node.pid, signal.SIGTERM)
+                for node in reversed(cluster):
+                    node.wait(timeout=60)
+    median = {key: statistics.median(values) for key, values in seconds.items()}
+    # The difference with the 32-photo job, where it is larger than the start-up's own noise (10% of the job).
+    steady = {n: (files - 32) / (median[n, "full"] - median[n, "small"])
+              if median[n, "full"] - median[n, "small"] > 0.1 * median[n, "full"] else float("nan") for n in (1, 2)}
+    rows = [
+        "| cluster | end to end, files/s | after start-up, files/s | 32-photo job, s |",
+        "|---|---|---|---|",
+        *(f"| {n} node(s) of 1 CPU | {files / median[n, 'full']:.1f} | {steady[n]:.1f} | {median[n, 'small']:.1f} |"
+          for n in (1, 2)),
+        "",
+        f"Two nodes / one, after start-up: **{steady[2] / steady[1]:.2f}x** (target >= 1.7x); end to end: "
+        f"{median[1, 'full'] / median[2, 'full']:.2f}x. Seconds per job (min-max over rounds): "
+        + "; ".join(f"{n} node(s) {s}: {min(v):.1f}-{max(v):.1f} s" for (n, s), v in seconds.items()) + ".",
+    ]
+    return rows
+
+
 def contract(model: Path, data: Path, source: Path, neither: Path | None = None) -> list[str]:
     """Markdown rows: float32 vs int8 on the test split and the outside photos (and photos of neither)."""
     from dogcat.data import read_split
@@ -114,6 +192,8 @@ def main() -> None:
                         help="the Kaggle training folder (default: $DOGCAT_SHARED_DATA)")
     parser.add_argument("--neither", type=Path, help="a folder of photos with no cat or dog: int8's verdicts there too")
     parser.add_argument("--print-only", action="store_true", help="do not write RESULTS.md")
+    parser.add_argument("--scale-out", action="store_true",
+                        help="only `dogcat batch --address` on one 1-CPU Ray node against two (#25)")
     args = parser.parse_args()
     if args.source is None or not args.source.is_dir():
         parser.error(f"--source must be the Kaggle training folder. Received: source={args.source}")
@@ -133,6 +213,16 @@ def main() -> None:
             os.symlink(photo, folder / photo.name)
             if index < 32:
                 os.symlink(photo, small / photo.name)
+        if args.scale_out:
+            rows = scale_out(model, folder, small, len(photos), args.rounds, work)
+            text = "\n".join([f"{len(photos)} Kaggle photos (`sorted(source.glob('*.jpg'))[:{args.files}]`), float32, "
+                              f"{args.rounds} rounds, medians; each node pinned to a core of its own (`taskset`), "
+                              "the driver on the head's; processes timed from start to exit.", "", *rows])
+            print(text)
+            if not args.print_only:
+                write_section("Bulk: scale-out, 1 vs 2 one-CPU Ray nodes", f"python benchmarks/batch.py --scale-out "
+                              f"--files {args.files} --rounds {args.rounds}", text, packages=("onnxruntime", "ray", "numpy"))
+            return
         images = np.stack([decode_image_with_size(p, 224)[0] for p in photos])
         print(f"{len(photos)} photos; network alone ...", flush=True)
         network = network_rates(model, images)

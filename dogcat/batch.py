@@ -4,12 +4,14 @@ The job is Ray Data's batch-inference pattern, with dogcat's own pieces at each 
 1. the driver lists the files (folders searched, globs expanded, as `dogcat predict` does;
    `s3://`, `gs://` and other URIs through the pyarrow filesystem for them) and leaves out those
    the output folder already holds, so running the same job again resumes it;
-2. Ray tasks read and decode the files with dogcat.preprocessing (`map_batches`); a file that
-   cannot be read becomes its one-line reason, never a failed task;
-3. a pool of actors, each holding one ONNX Runtime `Classifier` loaded once, scores the photos
-   and decides verdicts with `Classifier.classify_decoded`, the scoring path `predict` uses;
-4. each block is written as Parquet, one row per file: path, verdict, label, p_<class>,
-   width, height, looks_like, p_looks_like (the top ImageNet class), error (null where the file was read).
+2. a pool of actors, sized from the CPUs of the cluster's nodes (`plan_for`: one per CPU), each
+   holding one ONNX Runtime `Classifier` loaded once, reads and decodes a block of files with
+   dogcat.preprocessing (a file that cannot be read becomes its one-line reason, never a failed
+   task), scores the photos and decides verdicts with `Classifier.classify_decoded`, the
+   scoring path `predict` uses;
+3. each block is written as Parquet, one row per file: path, verdict, label, p_<class>,
+   width, height, looks_like, p_looks_like (the top ImageNet class), error (null where the file
+   was read), node (the Ray node that scored it).
 
 The model folder travels through Ray's object store, so the nodes of a cluster need dogcat
 installed but not the model or a shared disk. Without `address` a local Ray starts and stops
@@ -48,6 +50,13 @@ from dogcat.preprocessing import MAX_FILE_BYTES
 
 FILES_PER_BLOCK = 256  # the unit of work Ray schedules, and of one Parquet file (what a resume can skip)
 INCOMPLETE_PREFIX = "_incomplete."  # a Parquet file cut short by a crash, set aside (readers skip "_" names)
+SCORING_SHARE = 0.8  # of a CPU, for each actor (decode + score); the rest for the Parquet writes (milliseconds each)
+ACTORS_START_TIMEOUT_S = 600  # every actor of the plan up before the first block, or the job stops in one line
+CONNECT_TIMEOUT_S = 5.0  # for reaching `--address` before Ray tries (Ray itself retries for minutes)
+
+
+class JobStopped(RuntimeError):
+    """The Ray job failed part-way (a node lost for good, the cluster gone): what was written stays, and a rerun resumes."""
 
 
 @dataclass(frozen=True)
@@ -59,19 +68,57 @@ class BatchReport:
     classified: int
     errors: int
     out_dir: str
+    retried: int = 0
 
     def summary(self) -> str:
-        return (f"{self.classified} file(s) classified ({self.errors} with an error), {self.already_done} already in "
+        again = f", {self.retried} of them retried after an error" if self.retried else ""
+        return (f"{self.classified} file(s) classified ({self.errors} with an error){again}, {self.already_done} already in "
                 f"{self.out_dir}, {self.found} found")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How the job uses the cluster: `actors` actors of `actor_cpus` each (decoding, then scoring
+    with `threads` ONNX Runtime intra-op threads), and Parquet writes of `write_cpus` each."""
+
+    actors: int
+    actor_cpus: float
+    write_cpus: float
+    threads: int
+
+
+def plan_for(node_cpus: list[float], actors: int | None = None) -> Plan:
+    """Size the job from the CPUs each node reports, so that the actors never hold every CPU.
+
+    An actor per CPU of every node, each decoding its photos and scoring them on one ONNX
+    Runtime thread: every core is busy, the decoded photos (150 KB each) never cross the object
+    store, and several single-thread sessions outrun one wide one on the same cores. Each asks
+    for SCORING_SHARE of a CPU, so that a Parquet write always finds the rest: an actor holding a
+    whole CPU (1-CPU nodes, #25) left the writes, and with them the job, waiting forever. Ray asks
+    one `num_cpus` of every actor, so nodes of less than one CPU scale it down for all.
+    `actors` overrides the count: each then gets an equal part of the cluster (and threads to
+    match, where that is more than a CPU).
+    """
+    cpus = [float(c) for c in node_cpus if c > 0]
+    if not cpus:
+        raise DataError(f"The Ray cluster has no CPUs for dogcat batch. Received: node_cpus={node_cpus}")
+    unit = min(1.0, min(cpus))
+    write_cpus = round(unit * (1 - SCORING_SHARE), 3)
+    if actors is None:
+        return Plan(sum(max(1, int(c / unit)) for c in cpus), round(unit * SCORING_SHARE, 3), write_cpus, 1)
+    share = min(max(cpus), sum(cpus) / actors)
+    return Plan(actors, round(share * SCORING_SHARE, 3), write_cpus, max(1, round(share)))
 
 
 def run_batch(paths: list[str], out_dir: str, model_path: str | Path | None = None, runtime: str = "onnx",
               address: str | None = None, actors: int | None = None, batch_size: int = 32,
-              log: Callable[[str], None] = print) -> BatchReport:
+              log: Callable[[str], None] = print, retry_errors: bool = False) -> BatchReport:
     """Classify every image under `paths` into Parquet files in `out_dir`, skipping files already there.
 
-    `actors`: the size of the ONNX Runtime actor pool (default: one per node of the cluster, since
-    one ONNX Runtime session already uses all of a node's cores).
+    `actors`: the size of the ONNX Runtime actor pool (default: from the CPUs of the cluster's
+    nodes, `plan_for`). `retry_errors`: classify again the files whose row holds an error (a
+    bucket that was briefly unreachable), replacing those rows. Everything that can be checked
+    without Ray (the model, the paths, the address) is checked before it starts.
     """
     import ray
 
@@ -82,12 +129,16 @@ def run_batch(paths: list[str], out_dir: str, model_path: str | Path | None = No
                             f"Received: runtime={runtime!r}")
     if actors is not None and actors < 1:
         raise ArtifactError(f"actors must be at least 1. Received: actors={actors}")
+    found = list_files(paths)  # the cheap checks first: a typo is said in a second, not after the model loads
+    if not found:
+        raise DataError(f"No images found (JPEG, PNG, WebP, BMP or GIF). Received: paths={paths}")
+    if address:
+        check_address(address)
     model_files, image_size, warnings = _model_files(Path(model_path) if model_path else default_model_path(), runtime)
     for warning in warnings:  # as `dogcat predict` says them, before the job starts
         log(f"dogcat: warning: {warning}")
-    found = list_files(paths)
-    if not found:
-        raise DataError(f"No images found (JPEG, PNG, WebP, BMP or GIF). Received: paths={paths}")
+    # With retry_errors their rows go first: a crash before the job ends leaves them to do, never twice.
+    retried = drop_error_rows(out_dir, set(found), log) if retry_errors else 0
     done = done_paths(out_dir, log)
     todo = [path for path in found if path not in done]
     if not todo:
@@ -97,39 +148,79 @@ def run_batch(paths: list[str], out_dir: str, model_path: str | Path | None = No
     started_here = not ray.is_initialized()
     if started_here:
         # "local": a Ray of this job's own, even where `ray start` left a cluster on this machine.
+        # ERROR-level logs only, and none from the workers: the progress bars and dogcat's lines stay readable.
         ray.init(address=address or "local", logging_level="ERROR", log_to_driver=False,
                  runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
     try:
-        nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
-        pool = actors or max(1, nodes)
-        blocks = max(1, math.ceil(len(todo) / FILES_PER_BLOCK))
+        plan = plan_for([node.get("Resources", {}).get("CPU", 0) for node in ray.nodes() if node.get("Alive")], actors)
+        # Enough blocks for every actor, several times over: a block is one actor call, and the
+        # actors that start first must not take them all.
+        blocks = min(len(todo), max(math.ceil(len(todo) / FILES_PER_BLOCK), 4 * plan.actors))
+        context = ray.data.DataContext.get_current()
+        # Wait for every actor before the first block (set before the dataset, which copies it): otherwise the first one up takes the whole
+        # job while a slower node is still loading its model, and a pool that cannot start says
+        # so instead of waiting forever. Only at the start: a node lost later does not stop the job.
+        waited, context.wait_for_min_actors_s = context.wait_for_min_actors_s, ACTORS_START_TIMEOUT_S
         dataset = ray.data.from_items([{"path": path} for path in todo], override_num_blocks=blocks)
-        decoded = dataset.map_batches(decode_files, batch_size=FILES_PER_BLOCK, batch_format="numpy",
-                                      fn_kwargs={"image_size": image_size}, num_cpus=1)
-        scored = decoded.map_batches(
-            ClassifyBatch, batch_size=batch_size, batch_format="numpy",
-            fn_constructor_kwargs={"model_files": ray.put(model_files), "runtime": runtime},
-            compute=ray.data.ActorPoolStrategy(size=pool), num_cpus=1,
-            scheduling_strategy="SPREAD",
+        # At least one actor, up to the plan: a node lost mid-job takes its actors with it, and the
+        # job goes on with the others while Ray restarts them (Ray Data's actors: max_restarts=-1,
+        # max_task_retries=-1; its tasks, the writes included, are retried too). Two blocks in
+        # flight per actor at most, so the first actors up cannot take every block.
+        scored = dataset.map_batches(
+            ClassifyBatch, batch_size=None, batch_format="numpy",
+            fn_constructor_kwargs={"model_files": ray.put(model_files), "runtime": runtime, "image_size": image_size,
+                                   "batch_size": batch_size, "threads": plan.threads},
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=plan.actors, initial_size=plan.actors,
+                                               max_tasks_in_flight_per_actor=2),
+            num_cpus=plan.actor_cpus,
         )
-        scored.write_parquet(_absolute(out_dir), min_rows_per_file=FILES_PER_BLOCK)
+        log(f"dogcat: {len(todo)} file(s) to classify: {plan.actors} actor(s) of {plan.actor_cpus:g} CPU "
+            f"(decoding, then ONNX Runtime on {plan.threads} thread(s)), Parquet writes of {plan.write_cpus:g} CPU")
+        try:
+            scored.write_parquet(_absolute(out_dir), min_rows_per_file=FILES_PER_BLOCK,
+                                 ray_remote_args={"num_cpus": plan.write_cpus})
+        except (ray.exceptions.RayError, OSError) as error:  # what was written is kept: a rerun does the rest
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise JobStopped(f"the job stopped ({type(error).__name__}: {reason[:300]}); the files written so far are "
+                             f"kept: rerun the same command to finish. Received: out_dir={out_dir!r}") from error
+        finally:
+            context.wait_for_min_actors_s = waited
     finally:
         if started_here:
             ray.shutdown()
     now_done = done_paths(out_dir, log)
     errors = _count_errors(out_dir, set(todo))
-    return BatchReport(len(found), len(found) - len(todo), len(now_done) - len(done), errors, out_dir)
+    return BatchReport(len(found), len(found) - len(todo), len(now_done) - len(done), errors, out_dir, retried)
+
+
+def check_address(address: str) -> None:
+    """Refuse a Ray address nothing listens on within CONNECT_TIMEOUT_S, since `ray.init` would
+    retry it for minutes. Only HOST:PORT is probed ("auto" and `ray://` URIs go to Ray as given)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        raise DataError(f"Cannot reach the Ray cluster at {address} ({error.strerror or error}): is `ray start --head` "
+                        f"running there? Received: address={address!r}") from None
 
 
 def list_files(patterns: list[str]) -> list[str]:
     """Image files under `patterns`, as `dogcat predict` finds them; URIs (`s3://bucket/photos/`,
-    `gs://.../*.jpg`) are listed through pyarrow's filesystem for their scheme. Paths that match
-    nothing are returned too, so the job gives each its row with an error."""
+    `gs://.../*.jpg`) are listed through pyarrow's filesystem for their scheme. A local path that
+    matches nothing is refused here, before Ray starts: it is a typo far more often than a file
+    that vanished."""
     local = [p for p in patterns if not _is_uri(p)]
     found, missing = expand_paths(local) if local else ([], [])
+    if missing:
+        raise DataError(f"No such file or folder: {', '.join(map(repr, missing[:5]))}"
+                        f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''}. Received: paths={missing}")
     for uri in (p for p in patterns if _is_uri(p)):
         found.extend(_list_uri(uri))
-    return sorted(dict.fromkeys(found + missing))
+    return sorted(dict.fromkeys(found))
 
 
 def done_paths(out_dir: str, log: Callable[[str], None] = print) -> set[str]:
@@ -138,30 +229,74 @@ def done_paths(out_dir: str, log: Callable[[str], None] = print) -> set[str]:
     A file a crash cut short cannot be read: it is renamed with an `_incomplete.` prefix (which
     Parquet readers skip) and its files are classified again.
     """
+    return {path for paths, _ in _output_files(out_dir, log).values() for path in paths}
+
+
+def drop_error_rows(out_dir: str, paths: set[str], log: Callable[[str], None] = print) -> int:
+    """Remove from `out_dir` the rows of `paths` that hold an error, so the job classifies those files again.
+
+    Done before the job, file by file (rewritten beside, then moved over the original): a crash
+    part-way leaves each row either still there or gone to be done again, never a file twice.
+    Returns how many rows went.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    filesystem, _ = _filesystem(out_dir)
+    dropped = 0
+    for name, (rows, errors) in _output_files(out_dir, log).items():
+        retry = [bool(error) and path in paths for path, error in zip(rows, errors, strict=True)]
+        if not any(retry):
+            continue
+        table = pq.read_table(name, filesystem=filesystem)
+        keep = table.filter(pc.invert(pa.array(retry, pa.bool_())))
+        if keep.num_rows:
+            folder, base = name.rsplit("/", 1)
+            beside = f"{folder}/_rewrite.{base}"
+            pq.write_table(keep, beside, filesystem=filesystem)
+            filesystem.move(beside, name)
+        else:
+            filesystem.delete_file(name)
+        dropped += sum(retry)
+    if dropped:
+        log(f"dogcat: {dropped} file(s) with an error row are classified again (--retry-errors)")
+    return dropped
+
+
+def _filesystem(out_dir: str):
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(_absolute(out_dir))
+
+
+def _output_files(out_dir: str, log: Callable[[str], None]) -> dict[str, tuple[list[str], list[str | None]]]:
+    """Each readable Parquet file of `out_dir` (its pyarrow path) -> its rows' paths and errors;
+    unreadable ones (cut short) are set aside as `_incomplete.*`."""
     import pyarrow.fs
     import pyarrow.parquet as pq
 
-    filesystem, root = pyarrow.fs.FileSystem.from_uri(_absolute(out_dir))
+    filesystem, root = _filesystem(out_dir)
     try:
         infos = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=False, allow_not_found=True))
     except (OSError, pyarrow.ArrowException) as error:
         raise DataError(f"Cannot list the output folder: {error}. Received: out_dir={out_dir!r}") from error
-    done: set[str] = set()
-    for info in infos:
+    files: dict[str, tuple[list[str], list[str | None]]] = {}
+    for info in sorted(infos, key=lambda i: i.path):
         if info.type != pyarrow.fs.FileType.File or not info.base_name.endswith(".parquet"):
             continue
         if info.base_name.startswith(("_", ".")):
             continue
         try:
-            table = pq.read_table(info.path, columns=["path"], filesystem=filesystem)
+            table = pq.read_table(info.path, columns=["path", "error"], filesystem=filesystem)
         except (OSError, pyarrow.ArrowException):
             aside = f"{info.path.rsplit('/', 1)[0]}/{INCOMPLETE_PREFIX}{info.base_name}"
             filesystem.move(info.path, aside)
             log(f"dogcat: warning: {info.path} could not be read (a run cut short?): set aside as {aside}; "
                 "its files are classified again")
             continue
-        done.update(table.column("path").to_pylist())
-    return done
+        files[info.path] = (table.column("path").to_pylist(), table.column("error").to_pylist())
+    return files
 
 
 def decode_files(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
@@ -188,9 +323,10 @@ def decode_files(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.
 
 
 class ClassifyBatch:
-    """One ONNX Runtime classifier per actor, loaded once from the model files Ray shipped to it."""
+    """One actor: an ONNX Runtime classifier loaded once from the model files Ray shipped to it,
+    which decodes each block of paths (`decode_files`) and scores it."""
 
-    def __init__(self, model_files, runtime: str):
+    def __init__(self, model_files, runtime: str, image_size: int, batch_size: int = 32, threads: int = 1):
         import ray
 
         from dogcat.inference import Classifier
@@ -199,12 +335,17 @@ class ClassifyBatch:
         self._folder = tempfile.TemporaryDirectory(prefix="dogcat-batch-model-")
         for name, data in model_files.items():
             Path(self._folder.name, name).write_bytes(data)
-        self.classifier = Classifier.from_path(Path(self._folder.name, MODEL_FILENAME), runtime=runtime)
+        self.classifier = Classifier.from_path(Path(self._folder.name, MODEL_FILENAME), runtime=runtime,
+                                               batch_size=batch_size)
+        _limit_threads(self.classifier.runner, Path(self._folder.name), threads)
+        self.image_size = image_size
+        self.node = ray.get_runtime_context().get_node_id()  # in every row: which node scored it
         self.class_names = list(self.classifier.class_names.values())
 
     def __call__(self, batch: dict[str, np.ndarray]):
         import pyarrow as pa
 
+        batch = decode_files(batch, self.image_size)
         paths = [str(p) for p in batch["path"]]
         decoded = [error if error else (image, (int(size[0]), int(size[1])))
                    for image, size, error in zip(batch["image"], batch["size"], batch["error"], strict=True)]
@@ -223,7 +364,24 @@ class ClassifyBatch:
         columns["p_looks_like"] = pa.array([p.looks_like.probability if p.looks_like else None for p in predictions],
                                            pa.float64())
         columns["error"] = pa.array([p.error for p in predictions], pa.string())
+        columns["node"] = pa.array([self.node] * len(paths), pa.string())
         return pa.table(columns)
+
+
+def _limit_threads(runner, folder: Path, threads: int) -> None:
+    """Open the runner's ONNX Runtime sessions again with `threads` intra-op threads: by default
+    each takes every core of the machine, so actors sharing a node would fight over them and an
+    actor given half a CPU would use all of them."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+    while runner is not None:  # the int8 runner, then the float32 one that re-checks it
+        path = folder / (INT8_ONNX_FILENAME if runner.name == "onnx-int8" else ONNX_FILENAME)
+        runner.session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+        runner = runner.recheck
 
 
 def _model_files(model_path: Path, runtime: str) -> tuple[dict[str, bytes], int, list[str]]:

@@ -448,7 +448,8 @@ def _batch(args: argparse.Namespace) -> int:
     except ModuleNotFoundError as error:
         if error.name != "ray":
             raise
-        print("dogcat: error: dogcat batch needs Ray: pip install 'dogcat[ray]'", file=sys.stderr)
+        print("dogcat: error: dogcat batch needs Ray: pip install 'ray[data]>=2.60,<2.61' (or dogcat's ray extra "
+              "from its checkout: pip install '.[ray]')", file=sys.stderr)
         return EXIT_USAGE
     try:
         report = run_batch(args.paths, args.out, args.model, args.runtime, args.address, args.actors,

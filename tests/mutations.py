@@ -354,6 +354,101 @@ MUTATIONS = [
         "        quiet=True,\n", "        quiet=False,\n",
         ("tests/test_gradio.py::test_cli_demo_serves_the_app",),
     ),
+    # Decode memory (#23): what the budget charges, the bands, the memory given back, the page's decodes.
+    Mutation(
+        "the decode budget leaves out WebP's decoder buffers", "dogcat/preprocessing.py",
+        '_DECODER_PIXEL_BYTES = {"WEBP": 12}', '_DECODER_PIXEL_BYTES = {"WEBP": 0}',
+        ("tests/test_decode_hardening.py::test_each_decode_path_holds_no_more_than_the_budget_charges",),
+    ),
+    Mutation(
+        "the decode budget leaves out a progressive JPEG's coefficients", "dogcat/preprocessing.py",
+        '    if image.format in _JPEG_FORMATS and image.info.get("progressive"):\n',
+        "    if False:\n",
+        ("tests/test_decode_hardening.py::test_a_progressive_jpeg_is_charged_its_full_size_coefficients",
+         "tests/test_decode_hardening.py::test_each_decode_path_holds_no_more_than_the_budget_charges"),
+    ),
+    Mutation(
+        "the decode budget charges the narrower way up of an EXIF-turned picture", "dogcat/preprocessing.py",
+        "    return cost + max(_finish_cost(width, height, square, max_side), _finish_cost(height, width, square, max_side))",
+        "    return cost + _finish_cost(width, height, square, max_side)",
+        ("tests/test_decode_hardening.py::test_each_decode_path_holds_no_more_than_the_budget_charges",),
+    ),
+    Mutation(
+        "the whole picture made RGB at once, not by bands", "dogcat/preprocessing.py",
+        "_BAND_PIXELS = 2**18", "_BAND_PIXELS = 2**40",
+        ("tests/test_decode_hardening.py::test_issue_23s_palette_png_costs_little_more_than_its_palette_bytes",),
+    ),
+    Mutation(
+        "a large decode's freed memory kept in the threads' arenas", "dogcat/preprocessing.py",
+        "_GIVE_BACK_FROM = 32 * 2**20", "_GIVE_BACK_FROM = 2**62",
+        ("tests/test_decode_hardening.py::test_a_large_decodes_freed_memory_goes_back_to_the_os",),
+    ),
+    Mutation(
+        "bands ignore the EXIF turn", "dogcat/preprocessing.py",
+        "        turn = _TURNS.get(image.getexif().get(ExifTags.Base.Orientation, 1))\n", "        turn = None\n",
+        ("tests/test_decode_hardening.py::test_the_banded_decode_gives_the_pixels_of_the_whole_picture",
+         "tests/test_preprocessing.py::test_exif_orientation_gives_the_upright_picture"),
+    ),
+    Mutation(
+        "a thumbnail's bands cut through its reduction blocks", "dogcat/preprocessing.py",
+        "    for top, band in _rgb_bands(image, turn, multiple=factor_y):\n", "    for top, band in _rgb_bands(image, turn):\n",
+        ("tests/test_decode_hardening.py::test_the_banded_decode_gives_the_pixels_of_the_whole_picture",),
+    ),
+    Mutation(
+        "a sliver resized by rows where Pillow resizes it by columns", "dogcat/preprocessing.py",
+        "    if _columns_first(width, height, square):\n        return _whole(", "    if False:\n        return _whole(",
+        ("tests/test_decode_hardening.py::test_the_banded_decode_gives_the_pixels_of_the_whole_picture",),
+    ),
+    Mutation(
+        "the Streamlit heatmap decodes the upload a third time", "demos/streamlit_app.py",
+        "looked.image(overlay(preview, prediction.heatmap,", "looked.image(overlay(io.BytesIO(upload.data), prediction.heatmap,",
+        ("tests/test_streamlit_app.py::test_with_the_heatmap_each_upload_is_decoded_once_for_the_model_and_once_for_both_pictures",),
+    ),
+    # dogcat batch on a cluster (#25; the ray extra).
+    Mutation(
+        "a pool that ignores the CPU count: one whole-CPU actor per node", "dogcat/batch.py",
+        "        return Plan(sum(max(1, int(c / unit)) for c in cpus), round(unit * SCORING_SHARE, 3), write_cpus, 1)",
+        "        return Plan(len(cpus), 1.0, write_cpus, 1)",
+        ("tests/test_bulk.py::test_the_plan_gives_every_cpu_an_actor_and_leaves_room_to_write_whatever_the_nodes_size",),
+    ),
+    Mutation(
+        "ONNX Runtime on every core in each actor", "dogcat/batch.py",
+        "    options.intra_op_num_threads = threads\n", "",
+        ("tests/test_bulk.py::test_an_actor_runs_onnx_runtime_on_the_threads_it_was_given",),
+    ),
+    Mutation(
+        "a retry that duplicates rows", "dogcat/batch.py",
+        "    retried = drop_error_rows(out_dir, set(found), log) if retry_errors else 0\n    done = done_paths(out_dir, log)\n",
+        "    retried = sum(bool(e) for _, errors in _output_files(out_dir, log).values() for e in errors) if retry_errors else 0\n"
+        "    done = {p for rows, errors in _output_files(out_dir, log).values() for p, e in zip(rows, errors)\n"
+        "            if not (e and retry_errors)}\n",
+        ("tests/test_bulk.py::test_retry_errors_classifies_error_rows_again_and_keeps_one_row_per_file",),
+    ),
+    Mutation(
+        "a mistyped folder left for the job to find", "dogcat/batch.py",
+        "    if missing:\n        raise DataError(", "    if False:\n        raise DataError(",
+        ("tests/test_bulk.py::test_a_mistyped_folder_or_an_unreachable_cluster_is_one_line_before_ray_starts",),
+    ),
+    Mutation(
+        "an unreachable --address left to Ray's retries", "dogcat/batch.py",
+        "    if address:\n        check_address(address)\n", "",
+        ("tests/test_bulk.py::test_a_mistyped_folder_or_an_unreachable_cluster_is_one_line_before_ray_starts",),
+    ),
+    Mutation(
+        "one actor for the whole cluster", "dogcat/batch.py",
+        "max_size=plan.actors, initial_size=plan.actors,", "max_size=1, initial_size=1,",
+        ("tests/test_bulk.py::test_batch_on_two_one_cpu_nodes_scores_on_both_and_gives_predicts_rows",),
+    ),
+    Mutation(
+        "the Streamlit uploader takes JPEG and PNG only", "demos/streamlit_app.py",
+        'UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)', 'UPLOAD_TYPES = ["jpg", "jpeg", "png"]',
+        ("tests/test_streamlit_app.py::test_the_uploader_takes_every_format_the_cli_and_gradio_read",),
+    ),
+    Mutation(
+        "the Streamlit summary filters nothing", "demos/streamlit_app.py",
+        "        if (prediction.verdict or ERROR) in shown:\n", "        if True:\n",
+        ("tests/test_streamlit_app.py::test_many_photos_get_a_summary_that_filters_them_and_short_headings",),
+    ),
 ]
 
 

@@ -32,6 +32,7 @@ from dogcat.cli import main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = REPO / "models"
+SHIPPED_MODEL = SHIPPED / MODEL_FILENAME  # its int8 twin ships beside it
 
 
 @pytest.fixture(scope="module")
@@ -112,32 +113,87 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+RAY_CLI = Path(sys.executable).with_name("ray")
+
+
+class Cluster:
+    """Ray nodes started as a user would (`ray start --head`, then `ray start --address`), each
+    with `--block` in its own process group, so that one can be killed alone and all stopped."""
+
+    def __init__(self, cpus: list[int]):
+        # `ray start` refuses to run with token auth on and no token yet (a bare CI machine): make one.
+        subprocess.run([str(RAY_CLI), "get-auth-token", "--generate"], capture_output=True, check=True)
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.nodes: list[subprocess.Popen] = []
+        try:
+            self._start(["--head", "--port", str(self.port), "--include-dashboard", "false"], cpus[0], 1)
+            for index, count in enumerate(cpus[1:], start=2):
+                self._start(["--address", self.address], count, index)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, args: list[str], cpus: int, nodes: int) -> None:
+        self.nodes.append(subprocess.Popen(
+            [str(RAY_CLI), "start", *args, "--num-cpus", str(cpus), "--block", "--disable-usage-stats"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True))
+        deadline = time.monotonic() + 90
+        while self.alive_nodes() < nodes:
+            if self.nodes[-1].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray start {' '.join(args)} failed: {self.nodes[-1].stderr.read().decode()[-2000:]}")
+            time.sleep(1)
+
+    def alive_nodes(self) -> int:
+        status = subprocess.run([str(RAY_CLI), "status", "--address", self.address], capture_output=True, text=True)
+        if status.returncode != 0:
+            return 0
+        active = status.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]
+        return sum(1 for line in active.splitlines() if "node_" in line)
+
+    def kill_raylet(self, node: int) -> list[int]:
+        """kill -9 the raylet of node `node` (0: the head), as a machine that loses power would."""
+        listed = subprocess.run(["pgrep", "-g", str(self.nodes[node].pid), "-f", "raylet/raylet"],
+                                capture_output=True, text=True).stdout.split()
+        for pid in map(int, listed):
+            os.kill(pid, signal.SIGKILL)
+        return [int(pid) for pid in listed]
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):  # --block: each stops its own processes when told to
+            try:
+                os.killpg(node.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+        for node in reversed(self.nodes):
+            try:
+                node.wait(timeout=10)
+            except subprocess.TimeoutExpired:  # a loaded machine: the head can take a minute to stop
+                os.killpg(node.pid, signal.SIGKILL)
+                node.wait(timeout=20)
+        assert subprocess.run([str(RAY_CLI), "status", "--address", self.address], capture_output=True).returncode != 0, \
+            "the cluster outlived its fixture"
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A one-node Ray cluster of its own: `ray start --head --block`, stopped with its process group."""
-    port = _free_port()
-    ray_cli = Path(sys.executable).with_name("ray")
-    head = subprocess.Popen(
-        [str(ray_cli), "start", "--head", "--num-cpus", "2", "--port", str(port), "--block",
-         "--include-dashboard", "false", "--disable-usage-stats"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
-    )
-    address = f"127.0.0.1:{port}"
+    """A one-node Ray cluster of its own (2 CPUs), stopped after the module."""
+    cluster = Cluster([2])
     try:
-        deadline = time.monotonic() + 90
-        while subprocess.run([str(ray_cli), "status", "--address", address], capture_output=True).returncode != 0:
-            if head.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"ray start --head failed: {head.stderr.read().decode()[-2000:]}")
-            time.sleep(1)
-        yield address
+        yield cluster.address
     finally:
-        os.killpg(head.pid, signal.SIGTERM)  # --block: the head stops its own processes when told to
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-    assert subprocess.run([str(ray_cli), "status", "--address", address], capture_output=True).returncode != 0, \
-        "the cluster outlived its fixture"
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """Two nodes of one CPU each on this machine (a head and a worker), as the issue's cluster (#25).
+    Shared to save a start (about 30 s): the test that kills the worker uses it last."""
+    cluster = Cluster([1, 1])
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture
@@ -253,3 +309,149 @@ def test_the_shipped_int8_twin_is_tied_to_the_shipped_model_and_gives_its_verdic
     examples = sorted(str(p) for p in (REPO / "demos" / "examples").glob("*.jpg"))
     assert len(examples) >= 4
     assert [p.verdict for p in int8.predict(examples)] == [p.verdict for p in floats.predict(examples)]
+
+
+# --- sizing from the cluster, several nodes, a node lost, retries, failing fast (#25) -------------
+
+
+def test_the_plan_gives_every_cpu_an_actor_and_leaves_room_to_write_whatever_the_nodes_size():
+    """The deadlock of #25: one 1-CPU actor per 1-CPU node left no CPU for the rest of the job, 0 rows forever."""
+    from dogcat.batch import SCORING_SHARE, plan_for
+
+    for cpus, actors in (([1], 1), ([1, 1], 2), ([2], 2), ([2, 2], 4), ([16], 16), ([64, 64], 128), ([1, 64], 65),
+                         ([0.5, 0.5], 2)):
+        plan = plan_for(cpus)
+        assert plan.actors == actors, (cpus, plan)
+        assert plan.threads == 1, (cpus, plan)
+        assert plan.write_cpus > 0, (cpus, plan)
+        for node in cpus:  # a node filled with actors still has room for a Parquet write
+            assert node - plan.actor_cpus * max(1, int(node / min(1, min(cpus)))) >= plan.write_cpus - 1e-9, (cpus, plan)
+    override = plan_for([64], actors=4)
+    assert (override.actors, override.actor_cpus, override.threads) == (4, 16 * SCORING_SHARE, 16)
+    assert plan_for([1, 1], actors=5).actor_cpus * 5 <= 2 * SCORING_SHARE + 1e-9
+
+
+def test_an_actor_runs_onnx_runtime_on_the_threads_it_was_given():
+    from dogcat.batch import _limit_threads
+    from dogcat.inference import Classifier
+
+    classifier = Classifier.from_path(SHIPPED_MODEL, runtime="onnx-int8")
+    _limit_threads(classifier.runner, SHIPPED, 1)
+    for runner in (classifier.runner, classifier.runner.recheck):
+        assert runner.session.get_session_options().intra_op_num_threads == 1
+    assert classifier.predict([str(REPO / "demos" / "examples" / sorted(os.listdir(REPO / "demos" / "examples"))[0])])
+
+
+def _link_photos(shared_data: Path, folder: Path, per_class: int) -> list[str]:
+    folder.mkdir(parents=True)
+    for photo in _real_photos(shared_data, per_class):
+        os.symlink(photo, folder / photo.name)
+    return sorted(str(p) for p in folder.iterdir())
+
+
+def _batch(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`dogcat batch` in a process of its own, as a user runs it; a job that hangs fails the test."""
+    return subprocess.run([sys.executable, "-W", "always::DeprecationWarning", "-m", "dogcat.cli", "batch", *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def test_batch_on_two_one_cpu_nodes_scores_on_both_and_gives_predicts_rows(two_nodes, shared_data,
+                                                                          tmp_path, capsys):
+    photos = _link_photos(shared_data, tmp_path / "photos", 300)  # 600: eight blocks (four per actor)
+    out = tmp_path / "out"
+    job = _batch(str(tmp_path / "photos"), "--out", str(out), "--model", str(SHIPPED_MODEL), "--address", two_nodes.address)
+    assert job.returncode == 0, job.stderr[-3000:]
+    assert "600 file(s) classified (0 with an error)" in job.stdout
+    assert "2 actor(s) of 0.8 CPU" in job.stderr, job.stderr[-3000:]
+    # No deprecated Ray API of dogcat's (`ray_remote_args`, removed in Ray 2.64); Ray's own are its business.
+    assert not [line for line in job.stderr.splitlines() if "Warning" in line and "dogcat" in line], job.stderr[-3000:]
+    rows = _rows(out)
+    assert sorted(row["path"] for row in rows) == photos
+    nodes = {row["node"] for row in rows}
+    assert len(nodes) == 2, f"one node did all the scoring: {nodes}"
+    expected = _predict_json(photos, SHIPPED_MODEL, "onnx", capsys)
+    for row in rows:
+        cli = expected[row["path"]]
+        assert (row["verdict"], row["label"], row["error"]) == (cli["verdict"], cli["label"], None), row["path"]
+        assert abs(row["p_cat"] - cli["probabilities"]["cat"]) <= 1e-6, row["path"]
+        assert abs(row["p_dog"] - cli["probabilities"]["dog"]) <= 1e-6, row["path"]
+
+
+def test_a_node_killed_mid_job_loses_no_row_and_repeats_none(two_nodes, shared_data, tmp_path):
+    photos = _link_photos(shared_data, tmp_path / "photos", 500)
+    out = tmp_path / "out"
+    command = [str(tmp_path / "photos"), "--out", str(out), "--model", str(SHIPPED_MODEL), "--address", two_nodes.address]
+    job = subprocess.Popen([sys.executable, "-m", "dogcat.cli", "batch", *command], stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("*.parquet")) and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert job.poll() is None, "the job ended before a node could be lost: give it more photos"
+        assert two_nodes.kill_raylet(1), "no raylet found for the worker node"
+        _, stderr = job.communicate(timeout=300)
+    finally:
+        if job.poll() is None:
+            job.kill()
+    if job.returncode != 0:  # stopped: in one line, and the same command finishes the job
+        assert job.returncode == 1, stderr[-3000:]
+        assert stderr.strip().splitlines()[-1].startswith("dogcat: error: the job stopped"), stderr[-3000:]
+        assert "rerun the same command" in stderr
+        again = _batch(*command)
+        assert again.returncode == 0, again.stderr[-3000:]
+    import pyarrow.parquet as pq
+
+    counted = [p for p in out.iterdir() if p.suffix == ".parquet" and not p.name.startswith(("_", "."))]
+    for part in counted:  # every file a reader counts is whole
+        pq.read_table(part)
+    paths = [row["path"] for row in _rows(out)]
+    assert len(paths) == len(set(paths)), "a file has two rows"
+    assert sorted(paths) == photos, "a file has no row"
+
+
+def test_retry_errors_classifies_error_rows_again_and_keeps_one_row_per_file(ray_cluster, shared_data,
+                                                                             tmp_path, capsys):
+    folder = tmp_path / "photos"
+    cat, other, dog, _ = _real_photos(shared_data, 2)
+    folder.mkdir()
+    for photo in (cat, dog):
+        shutil.copy(photo, folder / photo.name)
+    (folder / "later.jpg").write_bytes(b"")  # an upload not finished yet
+    (folder / "broken.jpg").write_text("never a photo")
+    common = [str(folder), "--out", str(tmp_path / "out"), "--model", str(SHIPPED_MODEL), "--address", ray_cluster]
+    assert main(["batch", *common]) == 1
+    (folder / "later.jpg").write_bytes(other.read_bytes())  # the upload is complete now
+    assert main(["batch", *common]) == 0
+    assert "all 4 file(s) are already in" in capsys.readouterr().err, "without --retry-errors, error rows stay done"
+    assert main(["batch", *common, "--retry-errors"]) == 1  # broken.jpg is still broken
+    rows = _rows(tmp_path / "out")
+    assert sorted(row["path"] for row in rows) == sorted(str(p) for p in folder.iterdir()), "a retried file twice"
+    captured = capsys.readouterr()
+    assert "2 file(s) classified (1 with an error), 2 of them retried after an error, 2 already in" in captured.out
+    by_name = {Path(row["path"]).name: row for row in rows}
+    assert by_name["later.jpg"]["error"] is None
+    assert by_name["later.jpg"]["label"] == "cat"
+    assert by_name["broken.jpg"]["error"]
+    assert main(["batch", *common]) == 0, "the retried rows count as done"
+
+
+def test_a_mistyped_folder_or_an_unreachable_cluster_is_one_line_before_ray_starts(shared_data, tmp_path, capsys):
+    started = time.monotonic()
+    assert main(["batch", str(tmp_path / "photoz"), "--out", str(tmp_path / "out"), "--model", str(SHIPPED_MODEL)]) == 2
+    assert time.monotonic() - started < 15
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert "No such file or folder" in err, err
+    assert not ray.is_initialized()
+    assert not (tmp_path / "out").exists(), "no row for a typo"
+    # As a user meets it, in a process of its own (Ray, left to itself, retries the address for minutes).
+    started = time.monotonic()
+    try:
+        job = _batch(str(_real_photos(shared_data, 1)[0]), "--out", str(tmp_path / "out"), "--model", str(SHIPPED_MODEL),
+                     "--address", f"127.0.0.1:{_free_port()}", timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail("dogcat batch --address HOST:PORT with nothing there was still waiting after 30 s")
+    assert time.monotonic() - started < 15
+    assert job.returncode == 2, job.stderr
+    assert job.stderr.count("\n") == 1, job.stderr
+    assert "Cannot reach the Ray cluster" in job.stderr, job.stderr
