@@ -61,6 +61,10 @@ def test_browser_upload_gives_labels_and_a_readable_error(app_url, shared_data, 
                 ".some(h => h.innerText.trim() === 'Neither a cat nor a dog')", timeout=60_000
             )
             # Under each verdict (the rocket's, and the cat's and dog's breeds), what ImageNet's classes see, as a hint.
+            # Counted once the rerun has finished: until then a hint can be drawn before its caption.
+            page.wait_for_function(
+                "() => !document.querySelector('[data-stale=\"true\"], [data-testid=\"stSpinner\"]')", timeout=60_000
+            )
             hints = page.get_by_text(re.compile(r"^Looks like an? .+ \(\d+%\)$")).count()
             assert hints >= 1
             assert page.get_by_text("ImageNet's best guess: a hint, not a claim.").count() == hints
