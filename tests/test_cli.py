@@ -351,9 +351,12 @@ def test_predict_streams_its_rows_while_the_rest_are_still_being_classified(tmp_
     assert last_at - first_at > 1.0, last_at - first_at
 
 
-def test_app_on_a_busy_port_says_to_pick_another_in_one_line(capsys):
+def test_app_on_a_busy_port_says_to_pick_another_in_one_line(capsys, monkeypatch):
+    import os
     import socket
 
+    # Were the port not checked, `dogcat app` would replace this process with Streamlit.
+    monkeypatch.setattr(os, "execve", lambda *_: pytest.fail("Streamlit was started on a busy port"))
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
