@@ -197,7 +197,7 @@ def test_cli_runs_resumes_and_reports_interruption(tmp_path, tiny_dataset, fake_
 
 def test_without_optuna_the_error_says_what_to_install(tmp_path, tiny_dataset, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "optuna", None)
-    with pytest.raises(TuneError, match=r"pip install 'dogcat\[tune\]'"):
+    with pytest.raises(TuneError, match=r"pip install 'optuna>=4'"):
         tune(_base(tiny_dataset), 1, tmp_path / "search")
     config = tmp_path / "base.toml"
     config.write_text(_base(tiny_dataset).to_toml())
