@@ -33,6 +33,7 @@ IMAGENET_HEAD_FILENAME = "imagenet_head.npz"
 # hand too): the ONNX twins' own hashes. Their metadata ties them to the .keras, but a protobuf has
 # no checksum of its own, and a damaged weight still loads and flips labels.
 CHECKSUMS_FILENAME = "SHA256SUMS"
+MAX_CHECKSUMS_BYTES = 64 * 1024  # a line per artifact: a few hundred bytes
 # Which of those files scores photos (dogcat.inference). Kept here, in a module without NumPy, so
 # the CLI can offer the choices without importing the inference stack for every command.
 RUNTIMES = ("auto", "keras", "onnx", "onnx-int8")
@@ -286,7 +287,7 @@ def checksum_problem(path: str | Path) -> str | None:
 def _read_checksums(path: Path) -> dict[str, str]:
     """{file name: sha256} from a SHA256SUMS file; lines that are not `<64 hex>  <name>` are ignored."""
     try:
-        text = path.read_text(encoding="utf-8") if path.stat().st_size <= MAX_CLASS_NAMES_BYTES else ""
+        text = path.read_text(encoding="utf-8") if path.stat().st_size <= MAX_CHECKSUMS_BYTES else ""
     except OSError:
         return {}
     listed = {}

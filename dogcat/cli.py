@@ -329,6 +329,7 @@ def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from dogcat.data import DataError, expand_in_order
+    from dogcat.explain import write_overlays
     from dogcat.inference import Prediction
 
     skipped: list[Path] = []
@@ -366,11 +367,7 @@ def _predict(args: argparse.Namespace) -> int:
                     done = next(batches)
                     progress.update(len(done))
                 result = done.pop(0)
-            explanation = None
-            if args.explain is not None:
-                from dogcat.explain import write_overlays
-
-                explanation = str(write_overlays([result], args.explain)[0] or "")
+            explanation = None if args.explain is None else str(write_overlays([result], args.explain)[0] or "")
             with tqdm.external_write_mode(file=sys.stdout):
                 write_row(result, explanation)
                 if result.error and (args.json or args.csv):
