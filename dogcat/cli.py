@@ -42,11 +42,15 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> None:
     """The `dogcat` console command: `main`, then exit; a Ctrl-C while the interpreter shuts down
     (ONNX Runtime's and TensorFlow's threads stopping) exits 130 without a traceback."""
-    from dogcat.artifacts import note_interrupt
+    try:  # a Ctrl-C during this import lands before the handler below is in place
+        from dogcat.artifacts import note_interrupt
 
-    signal.signal(signal.SIGINT, note_interrupt)
-    code = main()
-    signal.signal(signal.SIGINT, lambda *_: os._exit(EXIT_INTERRUPTED))
+        signal.signal(signal.SIGINT, note_interrupt)
+        code = main()
+        signal.signal(signal.SIGINT, lambda *_: os._exit(EXIT_INTERRUPTED))
+    except KeyboardInterrupt:  # outside main's own handler: before it, or just after it returned
+        signal.signal(signal.SIGINT, lambda *_: os._exit(EXIT_INTERRUPTED))
+        code = _interrupted()
     if code == EXIT_INTERRUPTED:
         # Skip the interpreter's shutdown: it joins every worker thread (concurrent.futures' exit
         # hook), and one that the Ctrl-C left mid-task can hold the exit for as long as it runs.

@@ -312,6 +312,12 @@ MUTATIONS = [
         ("tests/test_cli.py::test_ctrl_c_at_any_moment_of_predict_exits_130_with_at_most_one_line",),
     ),
     Mutation(
+        "Ctrl-C while the command installs its SIGINT handler leaves a traceback", "dogcat/cli.py",
+        "    except KeyboardInterrupt:  # outside main's own handler: before it, or just after it returned\n",
+        "    except ArithmeticError:\n",
+        ("tests/test_cli.py::test_ctrl_c_while_the_command_installs_its_handler_exits_130_in_one_line",),
+    ),
+    Mutation(
         "an ONNX twin used without checking its own sha256", "dogcat/inference.py",
         "    damaged = checksum_problem(onnx_path)\n", "    damaged = None\n",
         ("tests/test_cli.py::test_an_onnx_twin_damaged_inside_its_weights_is_caught_by_its_own_sha256",),
