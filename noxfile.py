@@ -14,8 +14,9 @@ nox.options.sessions = ["lint", "tests", "portability", "bulk", "tune"]
 BACKENDS = ["tensorflow", "jax"]
 
 
-def _install_and_test(session: nox.Session, extras: str, env: dict[str, str], *pytest_args: str) -> None:
-    session.install("-e", f".[{extras}]", *nox.project.dependency_groups(PYPROJECT, "test"))
+def _install_and_test(session: nox.Session, extras: str, env: dict[str, str], *pytest_args: str,
+                      extra_packages: tuple[str, ...] = ()) -> None:
+    session.install("-e", f".[{extras}]", *nox.project.dependency_groups(PYPROJECT, "test"), *extra_packages)
     session.run("pytest", *pytest_args, *session.posargs, env=env)
 
 
@@ -41,7 +42,8 @@ def bulk(session: nox.Session) -> None:
     """Bulk work (the ray extra): the int8 twin's contract on real photos and `dogcat batch` on a Ray
     cluster the tests start; ONNX Runtime only, so no Keras backend is installed."""
     # Only its own file: the rest of the suite imports Keras, which has no backend here.
-    _install_and_test(session, "ray", {}, "tests/test_bulk.py", "-m", "bulk")
+    # moto's S3 server stands in for a bucket (the s3:// test), on 127.0.0.1.
+    _install_and_test(session, "ray", {}, "tests/test_bulk.py", "-m", "bulk", extra_packages=("moto[server]>=5",))
 
 
 @nox.session

@@ -412,6 +412,11 @@ MUTATIONS = [
     ),
     # dogcat batch on a cluster (#25; the ray extra).
     Mutation(
+        "batch reads s3:// URIs as local paths", "dogcat/batch.py",
+        "        source = _read_uri(path) if _is_uri(path) else path\n", "        source = path\n",
+        ("tests/test_bulk.py::test_the_readmes_s3_example_reads_and_writes_a_bucket_resumes_and_retries",),
+    ),
+    Mutation(
         "a pool that ignores the CPU count: one whole-CPU actor per node", "dogcat/batch.py",
         "        return Plan(sum(max(1, int(c / unit)) for c in cpus), round(unit * SCORING_SHARE, 3), write_cpus, 1)",
         "        return Plan(len(cpus), 1.0, write_cpus, 1)",

@@ -455,3 +455,63 @@ def test_a_mistyped_folder_or_an_unreachable_cluster_is_one_line_before_ray_star
     assert job.returncode == 2, job.stderr
     assert job.stderr.count("\n") == 1, job.stderr
     assert "Cannot reach the Ray cluster" in job.stderr, job.stderr
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """An S3-compatible server on 127.0.0.1 (moto's), reached through pyarrow with the standard AWS
+    variables, as a user's bucket is; the README's bucket is made on it."""
+    moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (nox -s bulk installs it)")
+    import pyarrow.fs
+
+    port = _free_port()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        filesystem = pyarrow.fs.S3FileSystem(endpoint_override=endpoint, allow_bucket_creation=True)
+        filesystem.create_dir("bucket")
+        yield filesystem
+    finally:
+        server.stop()
+
+
+def test_the_readmes_s3_example_reads_and_writes_a_bucket_resumes_and_retries(s3_server, shared_data, capsys):
+    readme = (REPO / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if line.startswith("dogcat batch s3://"))
+    assert command == "dogcat batch s3://bucket/photos/ --out s3://bucket/verdicts/"
+    photos = _real_photos(shared_data, 3)
+    for photo in photos:
+        with s3_server.open_output_stream(f"bucket/photos/{photo.name}") as stream:
+            stream.write(photo.read_bytes())
+    with s3_server.open_output_stream("bucket/photos/later/upload.jpg") as stream:
+        stream.write(b"")  # an upload not finished yet
+    expected = _predict_json([str(p) for p in photos], SHIPPED_MODEL, "onnx", capsys)
+    args = [*command.split()[2:], "--model", str(SHIPPED_MODEL)]
+    # One local Ray for the three runs (a start is 20 s); started after the AWS variables, so its workers have them.
+    ray.init(address="local", num_cpus=2, logging_level="ERROR", log_to_driver=False)
+    try:
+        assert main(["batch", *args]) == 1  # the empty upload is an error row
+        assert "7 file(s) classified (1 with an error)" in capsys.readouterr().out
+        assert main(["batch", *args]) == 0
+        assert "all 7 file(s) are already in s3://bucket/verdicts/" in capsys.readouterr().err
+        with s3_server.open_output_stream("bucket/photos/later/upload.jpg") as stream:
+            stream.write(photos[0].read_bytes())  # the upload is complete now
+        assert main(["batch", *args, "--retry-errors"]) == 0
+        assert "1 file(s) classified (0 with an error), 1 of them retried" in capsys.readouterr().out
+    finally:
+        ray.shutdown()
+    import pyarrow.dataset as ds
+
+    rows = ds.dataset("bucket/verdicts", format="parquet", filesystem=s3_server).to_table().to_pylist()
+    by_path = {row["path"]: row for row in rows}
+    assert len(rows) == len(by_path) == 7, "every file once, the retried one included"
+    assert by_path["s3://bucket/photos/later/upload.jpg"]["label"] == "cat"
+    for photo in photos:
+        row, cli = by_path[f"s3://bucket/photos/{photo.name}"], expected[str(photo)]
+        assert (row["verdict"], row["label"], row["error"]) == (cli["verdict"], cli["label"], None), photo.name
+        assert abs(row["p_dog"] - cli["probabilities"]["dog"]) <= 1e-6, photo.name
+        assert row["looks_like"] == cli["looks_like"]["name"], photo.name
