@@ -149,8 +149,9 @@ def run_batch(paths: list[str], out_dir: str, model_path: str | Path | None = No
     if started_here:
         # "local": a Ray of this job's own, even where `ray start` left a cluster on this machine.
         # ERROR-level logs only, and none from the workers: the progress bars and dogcat's lines stay readable.
+        # NumPy's BLAS on one thread per actor, as in `dogcat predict` (dogcat.cli): the actors are the parallelism.
         ray.init(address=address or "local", logging_level="ERROR", log_to_driver=False,
-                 runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2"}})
+                 runtime_env={"env_vars": {"TF_CPP_MIN_LOG_LEVEL": "2", "OPENBLAS_NUM_THREADS": "1"}})
     try:
         plan = plan_for([node.get("Resources", {}).get("CPU", 0) for node in ray.nodes() if node.get("Alive")], actors)
         # Enough blocks for every actor, several times over: a block is one actor call, and the
@@ -335,9 +336,9 @@ class ClassifyBatch:
         self._folder = tempfile.TemporaryDirectory(prefix="dogcat-batch-model-")
         for name, data in model_files.items():
             Path(self._folder.name, name).write_bytes(data)
+        # `threads` per call: each actor has its CPU share, and actors sharing a node must not fight over its cores.
         self.classifier = Classifier.from_path(Path(self._folder.name, MODEL_FILENAME), runtime=runtime,
-                                               batch_size=batch_size)
-        _limit_threads(self.classifier.runner, Path(self._folder.name), threads)
+                                               batch_size=batch_size, threads=threads)
         self.image_size = image_size
         self.node = ray.get_runtime_context().get_node_id()  # in every row: which node scored it
         self.class_names = list(self.classifier.class_names.values())
@@ -366,22 +367,6 @@ class ClassifyBatch:
         columns["error"] = pa.array([p.error for p in predictions], pa.string())
         columns["node"] = pa.array([self.node] * len(paths), pa.string())
         return pa.table(columns)
-
-
-def _limit_threads(runner, folder: Path, threads: int) -> None:
-    """Open the runner's ONNX Runtime sessions again with `threads` intra-op threads: by default
-    each takes every core of the machine, so actors sharing a node would fight over them and an
-    actor given half a CPU would use all of them."""
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-    while runner is not None:  # the int8 runner, then the float32 one that re-checks it
-        path = folder / (INT8_ONNX_FILENAME if runner.name == "onnx-int8" else ONNX_FILENAME)
-        runner.session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        runner = runner.recheck
 
 
 def _model_files(model_path: Path, runtime: str) -> tuple[dict[str, bytes], int, list[str]]:

@@ -17,8 +17,10 @@ asked (`explain=True`), a Grad-CAM heatmap of where the model looked (dogcat.exp
 
 from __future__ import annotations
 
+import math
 import os
 import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -66,6 +68,7 @@ class KerasRunner:
     """The reference runtime: the `.keras` model itself."""
 
     name = "keras"
+    parallel = False  # calls run one at a time (the lock below)
 
     def __init__(self, model):
         from dogcat.model import image_size_of
@@ -114,10 +117,21 @@ class OnnxRunner:
     (`Classifier` also re-checks the photos the detector calls "neither" on int8's features).
     """
 
-    def __init__(self, path: Path, recheck: OnnxRunner | None = None):
+    def __init__(self, path: Path, recheck: OnnxRunner | None = None, threads: int = 1):
+        """`threads`: ONNX Runtime's intra-op threads for one call. One by default: a Classifier
+        runs several calls at once (`workers`), which keeps every core busy without the barrier
+        of a wide call that waits for its slowest thread while a decode holds a core."""
         import onnxruntime
 
-        self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        # Idle threads that spin hold a core the decoding and the detector's maths need (#25: -25% per photo).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.threads = threads
+        self.parallel = True  # ONNX Runtime's sessions take concurrent calls
+        self.session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         self.metadata = self.session.get_modelmeta().custom_metadata_map
         self.name = "onnx-int8" if self.metadata.get("dogcat_precision") == "int8" else "onnx"
         self.recheck = recheck
@@ -149,8 +163,9 @@ class OnnxRunner:
         return probabilities, features, maps
 
 
-def onnx_runner_for(model_path: Path, int8: bool = False) -> OnnxRunner | str:
-    """The ONNX runner for `model_path`'s exported twin (the int8 one with `int8`), or why there is none."""
+def onnx_runner_for(model_path: Path, int8: bool = False, threads: int = 1) -> OnnxRunner | str:
+    """The ONNX runner for `model_path`'s exported twin (the int8 one with `int8`), with `threads`
+    intra-op threads per call, or why there is none."""
     filename = INT8_ONNX_FILENAME if int8 else ONNX_FILENAME
     onnx_path = model_path.with_name(filename)
     if not onnx_path.is_file():
@@ -161,7 +176,7 @@ def onnx_runner_for(model_path: Path, int8: bool = False) -> OnnxRunner | str:
         again = f"dogcat export --int8 {model_path} --data DATA_DIR" if int8 else f"dogcat export {model_path}"
         return f"{damaged}; run `{again}` to rewrite it"
     try:
-        runner = OnnxRunner(onnx_path)
+        runner = OnnxRunner(onnx_path, threads=threads)
     except Exception as error:
         if interrupt_requested():  # Ctrl-C during the load: never a reason to fall back to Keras
             raise KeyboardInterrupt from None
@@ -176,7 +191,7 @@ def onnx_runner_for(model_path: Path, int8: bool = False) -> OnnxRunner | str:
     if (runner.name == "onnx-int8") != int8:
         return f"{onnx_path} is {'not ' if int8 else ''}an int8 export"
     if int8:
-        runner.recheck = onnx_runner_for(model_path)  # the float twin re-scores what int8 is unsure of
+        runner.recheck = onnx_runner_for(model_path, threads=threads)  # the float twin re-scores what int8 is unsure of
         if not isinstance(runner.recheck, OnnxRunner):
             return f"the int8 twin needs the float32 one beside it: {runner.recheck}"
     return runner
@@ -184,11 +199,12 @@ def onnx_runner_for(model_path: Path, int8: bool = False) -> OnnxRunner | str:
 
 class Classifier:
     def __init__(self, runner, class_names: dict[int, str], batch_size: int = 32,
-                 detector: Detector | None = None, rules: VerdictRules | None = None):
+                 detector: Detector | None = None, rules: VerdictRules | None = None, workers: int | None = None):
         """`runner` is a KerasRunner, an OnnxRunner, or a Keras model (wrapped in a KerasRunner).
 
         Without a `detector` there are no "neither" verdicts; `verdict_warning` then says why
-        when `from_path` looked for one.
+        when `from_path` looked for one. `workers`: how many batches `predict` decodes and scores
+        at once (default `default_workers`).
         """
         if not isinstance(runner, KerasRunner | OnnxRunner):
             runner = KerasRunner(runner)
@@ -201,6 +217,7 @@ class Classifier:
         self.class_names = class_names
         self.image_size = runner.image_size
         self.batch_size = batch_size
+        self.workers = workers or default_workers(runner)
         self.detector = detector
         self.rules = rules or VerdictRules()
         self.verdict_warning: str | None = None
@@ -218,6 +235,7 @@ class Classifier:
         class_names_path: str | Path | None = None,
         batch_size: int | None = None,
         runtime: str | None = None,
+        threads: int = 1,
     ) -> Classifier:
         """Load a `.keras` model (or its ONNX twin) and the `class_names.pkl` beside it.
 
@@ -225,6 +243,7 @@ class Classifier:
         "onnx-int8" (the int8 twin, for bulk work); default $DOGCAT_RUNTIME, else "auto".
         The verdict rules and the batch size are the model's `[predict]` settings, from the
         `config.toml` its run saved beside it (`predict_config_for`); `batch_size` overrides.
+        `threads`: ONNX Runtime's threads per call (`OnnxRunner`); Keras chooses its own.
         """
         runtime = runtime or os.environ.get("DOGCAT_RUNTIME") or "auto"
         if runtime not in RUNTIMES:
@@ -238,7 +257,7 @@ class Classifier:
         class_names = load_class_names(class_names_path)  # before the model: cheap, and refuses bad files early
         runner, runtime_warning = None, None
         if runtime != "keras":
-            onnx = onnx_runner_for(model_path, int8=runtime == "onnx-int8")
+            onnx = onnx_runner_for(model_path, int8=runtime == "onnx-int8", threads=threads)
             if isinstance(onnx, OnnxRunner):
                 runner = onnx
             elif runtime != "auto":
@@ -299,30 +318,41 @@ class Classifier:
         """`predict`, one batch of `batch_size` predictions at a time, in input order, as each is
         done: a command line prints rows while the rest are still being classified.
 
-        Sources are decoded `batch_size` at a time, the next batch on a helper thread while the
-        network runs on the current one (Pillow and both runtimes release the GIL), so decoding
-        hides behind inference instead of adding to it.
+        `workers` threads each decode a batch and score it (Pillow and both runtimes release the
+        GIL): on ONNX Runtime one single-threaded call per core, on Keras one batch decoding
+        while the other holds the model, so decoding hides behind inference instead of adding to
+        it. On ONNX Runtime each batch of `batch_size` is split between the threads, so that no
+        more photos than a batch are in the network at once (its memory: about 15 MB a photo in
+        float32) and a call of a few photos still uses every core. At most one part waits,
+        done, beyond those being worked on.
         """
         if explain and not self.can_explain:
             raise ArtifactError(f"This model cannot explain its predictions ({self._no_explanation()}). Received: explain=True")
         names = list(names) if names is not None else [_describe(s) for s in sources]
-        size = self.batch_size
+        size = max(1, math.ceil(min(self.batch_size, len(sources)) / (self.workers if self.runner.parallel else 1)))
         chunks = [(sources[i : i + size], names[i : i + size]) for i in range(0, len(sources), size)]
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="dogcat-decode") as decoder:
-            upcoming = decoder.submit(self._decode_batch, *chunks[0]) if chunks else None
-            for index in range(len(chunks)):
-                batch = upcoming.result()
-                if index + 1 < len(chunks):
-                    upcoming = decoder.submit(self._decode_batch, *chunks[index + 1])
-                yield self._classify(*batch, rules or self.rules, explain)
+        rules = rules or self.rules
+        pending: deque = deque()
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="dogcat-predict") as lanes:
+            try:
+                for chunk in chunks:
+                    pending.append(lanes.submit(self._decode_and_classify, *chunk, rules, explain))
+                    if len(pending) > self.workers:
+                        yield pending.popleft().result()
+                while pending:
+                    yield pending.popleft().result()
+            finally:  # a Ctrl-C or a caller that stops early: the batches not started yet never are
+                for future in pending:
+                    future.cancel()
 
     def _no_explanation(self) -> str:
         if self.runtime.startswith("onnx"):
             return "its ONNX export predates explanations: run `dogcat export` on the .keras again"
         return "not a dogcat classifier"
 
-    def _decode_batch(self, sources: Sequence[ImageSource], names: list[str]):
-        return names, decode_sources(sources, names, self.image_size)
+    def _decode_and_classify(self, sources: Sequence[ImageSource], names: list[str], rules: VerdictRules,
+                             explain: bool) -> list[Prediction]:
+        return self._classify(names, decode_sources(sources, names, self.image_size), rules, explain)
 
     def classify_decoded(self, names: list[str], decoded: list, rules: VerdictRules | None = None) -> list[Prediction]:
         """Predictions for sources already decoded by `decode_sources` (a bulk job decodes in other
@@ -380,6 +410,16 @@ class Classifier:
         """{class name: probability} for one image; raises ImageError with a one-line reason."""
         image = to_model_input(decode_image_with_size(source, self.image_size)[0])
         return {self.class_names[c]: float(p) for c, p in enumerate(self.predict_batch(image)[0])}
+
+
+def default_workers(runner) -> int:
+    """Batches a Classifier decodes and scores at once: on ONNX Runtime, enough single-threaded
+    calls for every core this process may use (at least two, so one decodes while one scores);
+    on Keras, which spreads one call over the cores itself, two."""
+    if not isinstance(runner, OnnxRunner):
+        return 2
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(2, cores // max(1, runner.threads))
 
 
 def predict_config_for(model_path: str | Path) -> PredictConfig:

@@ -410,6 +410,17 @@ MUTATIONS = [
         "looked.image(overlay(preview, prediction.heatmap,", "looked.image(overlay(io.BytesIO(upload.data), prediction.heatmap,",
         ("tests/test_streamlit_app.py::test_with_the_heatmap_each_upload_is_decoded_once_for_the_model_and_once_for_both_pictures",),
     ),
+    Mutation(
+        "predict scores one batch at a time on ONNX Runtime", "dogcat/inference.py",
+        "    return max(2, cores // max(1, runner.threads))\n", "    return 1\n",
+        ("tests/test_inference.py::test_onnx_predict_scores_batches_on_every_core_at_once_in_input_order",),
+    ),
+    Mutation(
+        "a call of fewer photos than a batch left on one thread", "dogcat/inference.py",
+        "        size = max(1, math.ceil(min(self.batch_size, len(sources)) / (self.workers if self.runner.parallel else 1)))\n",
+        "        size = self.batch_size\n",
+        ("tests/test_inference.py::test_onnx_predict_scores_batches_on_every_core_at_once_in_input_order",),
+    ),
     # dogcat batch on a cluster (#25; the ray extra).
     Mutation(
         "batch reads s3:// URIs as local paths", "dogcat/batch.py",
@@ -423,8 +434,8 @@ MUTATIONS = [
         ("tests/test_bulk.py::test_the_plan_gives_every_cpu_an_actor_and_leaves_room_to_write_whatever_the_nodes_size",),
     ),
     Mutation(
-        "ONNX Runtime on every core in each actor", "dogcat/batch.py",
-        "    options.intra_op_num_threads = threads\n", "",
+        "ONNX Runtime on every core in each actor", "dogcat/inference.py",
+        "        options.intra_op_num_threads = threads\n", "",
         ("tests/test_bulk.py::test_an_actor_runs_onnx_runtime_on_the_threads_it_was_given",),
     ),
     Mutation(

@@ -332,13 +332,11 @@ def test_the_plan_gives_every_cpu_an_actor_and_leaves_room_to_write_whatever_the
 
 
 def test_an_actor_runs_onnx_runtime_on_the_threads_it_was_given():
-    from dogcat.batch import _limit_threads
     from dogcat.inference import Classifier
 
-    classifier = Classifier.from_path(SHIPPED_MODEL, runtime="onnx-int8")
-    _limit_threads(classifier.runner, SHIPPED, 1)
+    classifier = Classifier.from_path(SHIPPED_MODEL, runtime="onnx-int8", threads=3)
     for runner in (classifier.runner, classifier.runner.recheck):
-        assert runner.session.get_session_options().intra_op_num_threads == 1
+        assert runner.session.get_session_options().intra_op_num_threads == 3
     assert classifier.predict([str(REPO / "demos" / "examples" / sorted(os.listdir(REPO / "demos" / "examples"))[0])])
 
 

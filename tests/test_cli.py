@@ -299,7 +299,7 @@ def test_ctrl_c_during_the_onnx_load_is_an_interrupt_not_a_fallback(monkeypatch)
     import dogcat.inference
     from dogcat.inference import Classifier
 
-    def interrupted_load(path, recheck=None):
+    def interrupted_load(path, recheck=None, threads=1):
         try:
             dogcat.artifacts.note_interrupt()
         except KeyboardInterrupt:

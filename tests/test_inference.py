@@ -69,7 +69,7 @@ def test_predict_one_raises_a_one_line_image_error(classifier):
 
 
 def test_predict_across_several_batches_matches_one_by_one(varied_classifier):
-    """Decoding runs a batch ahead on a helper thread; order, errors and answers must not change."""
+    """Batches are decoded and scored on several threads at once; order, errors and answers must not change."""
     sources = [np.asarray(_drawn_photo(label, i)) for i in range(4) for label in ("cat", "dog")]
     sources[2], sources[7] = b"not an image", b""
     batched = Classifier(varied_classifier.runner, varied_classifier.class_names, batch_size=3)
@@ -84,3 +84,44 @@ def test_predict_across_several_batches_matches_one_by_one(varied_classifier):
             expected = varied_classifier.predict_one(source)
             assert result.probabilities == pytest.approx(expected, abs=1e-6)
     assert batched.predict([]) == []
+
+
+def test_onnx_predict_scores_batches_on_every_core_at_once_in_input_order(monkeypatch):
+    """The shipped model's ONNX twin: one single-threaded ONNX Runtime call per core at once (a
+    wide call waits for its slowest thread while a decode holds a core: #25), even when the call
+    has fewer photos than a batch, and the predictions still in input order."""
+    import os
+    import time
+    from pathlib import Path
+
+    examples = sorted(Path(__file__).resolve().parents[1].joinpath("demos", "examples").glob("*.jpg"))
+    classifier = Classifier.from_path(Path(__file__).resolve().parents[1] / "models", runtime="onnx", batch_size=4)
+    assert classifier.workers == max(2, len(os.sched_getaffinity(0)))
+    assert classifier.runner.session.get_session_options().intra_op_num_threads == 1
+    lock, running, peak = threading.Lock(), [0], [0]
+    classify = Classifier._classify
+
+    def counted(self, *args, **kwargs):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+        time.sleep(0.2)  # long enough for the other threads to start theirs
+        try:
+            return classify(self, *args, **kwargs)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(Classifier, "_classify", counted)
+    sources = [str(p) for p in examples] * 4 + [b"not an image"]
+    results = classifier.predict(sources, names=[f"{i}" for i in range(len(sources))])
+    assert 2 <= peak[0] <= classifier.workers, peak
+    assert [r.source for r in results] == [f"{i}" for i in range(len(sources))]
+    assert results[-1].error
+    assert all(r.error is None for r in results[:-1])
+    alone = {name: classifier.classify_one(name).probabilities for name in map(str, examples)}
+    for source, result in zip(sources, results[:-1], strict=False):
+        assert result.probabilities == pytest.approx(alone[source], abs=1e-6)
+    peak[0] = 0
+    classifier.predict(sources[:2])  # fewer photos than a batch: split over two threads
+    assert peak[0] == 2, peak
