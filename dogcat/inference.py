@@ -117,6 +117,8 @@ class OnnxRunner:
     (`Classifier` also re-checks the photos the detector calls "neither" on int8's features).
     """
 
+    parallel = True  # a session takes concurrent calls
+
     def __init__(self, path: Path, recheck: OnnxRunner | None = None, threads: int = 1):
         """`threads`: ONNX Runtime's intra-op threads for one call. One by default: a Classifier
         runs several calls at once (`workers`), which keeps every core busy without the barrier
@@ -130,7 +132,6 @@ class OnnxRunner:
         # Idle threads that spin hold a core the decoding and the detector's maths need (#25: -25% per photo).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.threads = threads
-        self.parallel = True  # ONNX Runtime's sessions take concurrent calls
         self.session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
         self.metadata = self.session.get_modelmeta().custom_metadata_map
         self.name = "onnx-int8" if self.metadata.get("dogcat_precision") == "int8" else "onnx"
@@ -315,8 +316,8 @@ class Classifier:
 
     def predict_batches(self, sources: Sequence[ImageSource], names: Sequence[str] | None = None,
                         rules: VerdictRules | None = None, explain: bool = False) -> Iterator[list[Prediction]]:
-        """`predict`, one batch of `batch_size` predictions at a time, in input order, as each is
-        done: a command line prints rows while the rest are still being classified.
+        """`predict`, a list of predictions at a time (a batch, or a part of one), in input order,
+        as each is done: a command line prints rows while the rest are still being classified.
 
         `workers` threads each decode a batch and score it (Pillow and both runtimes release the
         GIL): on ONNX Runtime one single-threaded call per core, on Keras one batch decoding
