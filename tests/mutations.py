@@ -471,6 +471,16 @@ MUTATIONS = [
         "        if (prediction.verdict or ERROR) in shown:\n", "        if True:\n",
         ("tests/test_streamlit_app.py::test_many_photos_get_a_summary_that_filters_them_and_short_headings",),
     ),
+    Mutation(
+        "ImageNet groups counted from the head's background output", "dogcat/imagenet_groups.py",
+        "HEAD_OFFSET = 1  #", "HEAD_OFFSET = 0  #",
+        ("tests/test_imagenet_groups.py::test_the_table_is_aligned_with_the_shipped_head_and_the_detector_ranges",),
+    ),
+    Mutation(
+        "ImageNet's tiger cat grouped as a wild cat", "dogcat/imagenet_groups.tsv",
+        "tiger cat\ttabby cat\thouse_cat", "tiger cat\ttabby cat\twild_cat",
+        ("tests/test_imagenet_groups.py::test_pets_and_their_look_alikes_are_where_a_pet_owner_expects",),
+    ),
 ]
 
 
