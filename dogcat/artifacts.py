@@ -20,6 +20,8 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from dogcat.errors import DogcatError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 CLASS_NAMES = {0: "cat", 1: "dog"}
 MODEL_FILENAME = "dog_cat_classifier.keras"
@@ -58,7 +60,7 @@ def interrupt_requested() -> bool:
     return _INTERRUPTED.is_set()
 
 
-class ArtifactError(ValueError):
+class ArtifactError(DogcatError, ValueError):
     """A model or class-names file that is missing, malformed or unsafe."""
 
 

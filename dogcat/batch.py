@@ -46,6 +46,7 @@ from dogcat.artifacts import (
 )
 from dogcat.data import IMAGE_SUFFIXES, DataError, expand_paths
 from dogcat.detector import imagenet_head_path
+from dogcat.errors import DogcatError
 from dogcat.preprocessing import MAX_FILE_BYTES
 
 FILES_PER_BLOCK = 256  # the unit of work Ray schedules, and of one Parquet file (what a resume can skip)
@@ -55,8 +56,10 @@ ACTORS_START_TIMEOUT_S = 600  # every actor of the plan up before the first bloc
 CONNECT_TIMEOUT_S = 5.0  # for reaching `--address` before Ray tries (Ray itself retries for minutes)
 
 
-class JobStopped(RuntimeError):
+class JobStopped(DogcatError, RuntimeError):
     """The Ray job failed part-way (a node lost for good, the cluster gone): what was written stays, and a rerun resumes."""
+
+    exit_code = 1  # as for files that failed: what was written stays
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,8 @@ try:  # Ctrl-C while the command starts up: one line and 130, as anywhere later,
     import warnings
     from contextlib import contextmanager, suppress
     from pathlib import Path
+
+    from dogcat.errors import UsageError
 except KeyboardInterrupt:
     print("dogcat: interrupted", file=sys.stderr)
     raise SystemExit(130) from None
@@ -24,7 +26,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # BLAS threads that spin beside them cost a quarter of the rate (#25). Set before NumPy loads.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-EXIT_USAGE = 2
 EXIT_FILE_ERRORS = 1
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what `cat` or `grep` give when the reader (`head`) leaves early
@@ -72,10 +73,7 @@ def _interrupted() -> int:
 def _main(argv: list[str] | None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    from dogcat.artifacts import ArtifactError
-    from dogcat.config import ConfigError
-    from dogcat.data import DataError
-    from dogcat.preprocessing import ImageError
+    from dogcat.errors import DogcatError, MissingDependency
 
     try:
         if args.handler in (_train, _tune, _detector_fit):  # these always run Keras; the others only maybe (export: not when the float twin is current)
@@ -83,9 +81,11 @@ def _main(argv: list[str] | None) -> int:
         code = args.handler(args)
         sys.stdout.flush()  # here, not at exit, so a closed pipe is caught below
         return code
-    except (ArtifactError, ConfigError, DataError, ImageError) as error:
+    except (DogcatError, ModuleNotFoundError) as error:
+        if isinstance(error, ModuleNotFoundError) and (error := MissingDependency.of(error)) is None:
+            raise  # not an extra's module: a bug, whose traceback is wanted
         print(f"dogcat: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+        return error.exit_code
     except BrokenPipeError:
         # `dogcat predict DIR | head -1`: the reader has all it wanted. Point stdout at devnull so
         # the interpreter's final flush cannot raise again (the recipe in Python's signal docs).
@@ -273,7 +273,7 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from dogcat.config import load_config
-    from dogcat.train import TrainError, train
+    from dogcat.train import train
 
     run_dir = args.run_dir
     config_path = args.config
@@ -282,35 +282,26 @@ def _train(args: argparse.Namespace) -> int:
     config = load_config(config_path, args.overrides)
     try:
         train(config, run_dir)
-    except TrainError as error:
-        print(f"dogcat: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         where = run_dir or "the run folder printed above"
         print(f"dogcat: interrupted; run the same command with --run-dir {where} to resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     return 0
 
 
 def _tune(args: argparse.Namespace) -> int:
     from dogcat.config import load_config
-    from dogcat.train import TrainError
-    from dogcat.tune import TuneError, default_out, tune
+    from dogcat.tune import default_out, tune
 
     config_path = args.config
     if config_path is None and args.out is not None and (args.out / "config.toml").is_file():
         config_path = args.out / "config.toml"  # resuming: the search's own base config is the default
     if not (math.isfinite(args.cache_gib) and args.cache_gib >= 0):  # int(nan * 2**30) would raise a traceback
-        print(f"dogcat: error: --cache-gib must be a finite number, 0 or more. Received: cache_gib={args.cache_gib}",
-              file=sys.stderr)
-        return EXIT_USAGE
+        raise UsageError(f"--cache-gib must be a finite number, 0 or more. Received: cache_gib={args.cache_gib}")
     config = load_config(config_path, args.overrides)
     out = args.out or default_out(config)
     try:
         tune(config, args.trials, out, seed=args.seed, memo_bytes=int(args.cache_gib * 2**30))
-    except (TuneError, TrainError) as error:
-        print(f"dogcat: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
     except KeyboardInterrupt:
         print(f"dogcat: interrupted; run the same command with --out {out} to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -445,22 +436,12 @@ def _detector_fit(args: argparse.Namespace) -> int:
 
 
 def _batch(args: argparse.Namespace) -> int:
-    try:
-        import ray  # noqa: F401  (checked here, for a one-line message)
+    import ray  # noqa: F401  (before any work: missing, it is one line naming the ray extra)
 
-        from dogcat.batch import JobStopped, run_batch
-    except ModuleNotFoundError as error:
-        if error.name != "ray":
-            raise
-        print("dogcat: error: dogcat batch needs Ray: pip install 'ray[data]>=2.60,<2.61' (or dogcat's ray extra "
-              "from its checkout: pip install '.[ray]')", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        report = run_batch(args.paths, args.out, args.model, args.runtime, args.address, args.actors,
-                           log=lambda line: print(line, file=sys.stderr), retry_errors=args.retry_errors)
-    except JobStopped as error:
-        print(f"dogcat: error: {error}", file=sys.stderr)
-        return EXIT_FILE_ERRORS
+    from dogcat.batch import run_batch
+
+    report = run_batch(args.paths, args.out, args.model, args.runtime, args.address, args.actors,
+                       log=lambda line: print(line, file=sys.stderr), retry_errors=args.retry_errors)
     print(report.summary())
     if report.errors:
         print(f"dogcat: {report.errors} file(s) could not be classified: their rows in {args.out} say why",
@@ -469,16 +450,15 @@ def _batch(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from dogcat.artifacts import ArtifactError
     from dogcat.export import export_int8, export_onnx
     from dogcat.inference import Classifier, default_model_path
 
     model = args.model or default_model_path()
     if args.data is not None and not args.int8:
-        raise ArtifactError(f"--data calibrates the int8 twin: add --int8. Received: data={str(args.data)!r}")
+        raise UsageError(f"--data calibrates the int8 twin: add --int8. Received: data={str(args.data)!r}")
     if args.int8:
         if args.data is None:
-            raise ArtifactError("--int8 needs --data DATA_DIR: training photos to calibrate with. Received: data=None")
+            raise UsageError("--int8 needs --data DATA_DIR: training photos to calibrate with. Received: data=None")
         with _stderr_parked():  # Keras's start-up chatter, when the float twin must be exported first
             out = export_int8(model, args.data, args.out)
     else:
@@ -492,8 +472,13 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _app(args: argparse.Namespace) -> int:
-    from dogcat.artifacts import ArtifactError, bundled_file
+    import importlib.util
 
+    from dogcat.artifacts import ArtifactError, bundled_file
+    from dogcat.errors import MissingDependency
+
+    if importlib.util.find_spec("streamlit") is None:  # else `python -m streamlit` fails after the exec, unexplained
+        raise MissingDependency.of(ModuleNotFoundError(name="streamlit"))
     script = bundled_file("demos", "streamlit_app.py")
     if script is None:
         raise ArtifactError("The Streamlit app (demos/streamlit_app.py) is missing from this installation.")
@@ -540,13 +525,9 @@ def _app_command(script: Path, host: str, port: int) -> list[str]:
 
 
 def _space_build(args: argparse.Namespace) -> int:
-    from dogcat.space import SpaceError, build_space
+    from dogcat.space import build_space
 
-    try:
-        out = build_space(args.out, args.model)
-    except SpaceError as error:
-        print(f"dogcat: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
+    out = build_space(args.out, args.model)
     print(f"Wrote a Hugging Face Space (Gradio) to {out}: app.py, requirements.txt, README.md, dogcat/, models/, examples/")
     print(f"Try it:  pip install -r {out / 'requirements.txt'} && python {out / 'app.py'}")
     print(f"Push it: hf auth login && hf upload USER/SPACE_NAME {out} . --repo-type space")
@@ -556,21 +537,15 @@ def _space_build(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import importlib.util
 
-    from dogcat.space import SpaceError, find_gradio_app
+    from dogcat.artifacts import ArtifactError
+    from dogcat.space import find_gradio_app
 
-    try:
-        app = find_gradio_app()
-        import gradio  # noqa: F401  (checked here, for a one-line message)
-    except SpaceError as error:
-        print(f"dogcat: error: {error}", file=sys.stderr)
-        return EXIT_USAGE
-    except ModuleNotFoundError:
-        print("dogcat: error: the demo needs Gradio: pip install 'gradio>=6,<7' (or dogcat's gradio extra from its checkout: pip install '.[gradio]')", file=sys.stderr)
-        return EXIT_USAGE
+    app = find_gradio_app()
+    import gradio  # noqa: F401  (before the model loads: missing, it is one line naming the gradio extra)
+
     if args.model is not None:
         if not args.model.exists():
-            print(f"dogcat: error: Model file not found. Received: model={str(args.model)!r}", file=sys.stderr)
-            return EXIT_USAGE
+            raise ArtifactError(f"Model file not found. Received: model={str(args.model)!r}")
         os.environ["DOGCAT_MODEL"] = str(args.model.resolve())  # the app loads $DOGCAT_MODEL at import
     spec = importlib.util.spec_from_file_location("dogcat_gradio_app", app)
     module = importlib.util.module_from_spec(spec)

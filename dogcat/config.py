@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dogcat.errors import DogcatError
+
 
 @dataclass
 class DataConfig:
@@ -80,7 +82,7 @@ class Config:
         return "\n".join(lines)
 
 
-class ConfigError(ValueError):
+class ConfigError(DogcatError, ValueError):
     """A config file or override that does not fit the schema."""
 
 

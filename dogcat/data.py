@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from dogcat.artifacts import CLASS_NAMES, write_text_atomic
+from dogcat.errors import DogcatError
 from dogcat.preprocessing import (
     DEFAULT_IMAGE_SIZE,
     ImageError,
@@ -35,7 +36,7 @@ SPLITS = ("train", "val", "test")
 MANIFEST_FIELDS = ("path", "label", "split", "sha256", "width", "height")
 
 
-class DataError(ValueError):
+class DataError(DogcatError, ValueError):
     """A source folder that cannot give the requested dataset."""
 
 

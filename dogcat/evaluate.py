@@ -25,8 +25,8 @@ def evaluate(classifier: Classifier, data_dir: str | Path, split: str = "test", 
     data = read_split(data_dir, split)
     try:
         metrics = score_files(classifier, data.paths, data.labels)
-    except ValueError as error:
-        raise ValueError(f"{error} Received: data_dir={str(data_dir)!r}") from None
+    except DataError as error:
+        raise DataError(f"{error} Received: data_dir={str(data_dir)!r}") from None
     metrics["split"] = split
     if neither_dir is not None:
         metrics["neither_folder"] = score_neither_folder(classifier, neither_dir)
@@ -46,7 +46,7 @@ def score_files(classifier: Classifier, paths, labels) -> dict:
     predictions = classifier.predict(paths, names=[str(p) for p in paths])
     kept = [i for i, p in enumerate(predictions) if p.error is None]
     if not kept:
-        raise ValueError(f"None of the {len(predictions)} images could be read.")
+        raise DataError(f"None of the {len(predictions)} images could be read.")
     names = [classifier.class_names[i] for i in range(len(classifier.class_names))]
     probabilities = np.array([[predictions[i].probabilities[n] for n in names] for i in kept])
     metrics = classification_metrics(labels[kept], probabilities, classifier.class_names)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from dogcat.errors import DogcatError
 from dogcat.explain import FEATURE_MAP, LOGIT_GRADIENTS
 from dogcat.model import BASE_NAME, HEAD_LAYERS
 
@@ -27,7 +28,7 @@ PROBABILITIES = "probabilities"  # (N, classes): the classifier's softmax output
 FEATURES = "features"  # (N, width): the detector's input, dogcat.detector.FEATURE_BLOCKS side by side
 
 
-class UnsupportedLayer(ValueError):
+class UnsupportedLayer(DogcatError, ValueError):
     pass
 
 

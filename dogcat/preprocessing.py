@@ -30,6 +30,8 @@ from typing import IO, Any
 import numpy as np
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
+from dogcat.errors import DogcatError
+
 DEFAULT_IMAGE_SIZE = 224
 # A 108-megapixel phone photo passes; a decompression bomb (a tiny PNG that inflates to
 # gigabytes) is refused before its pixels are decoded.
@@ -95,7 +97,7 @@ ImageSource = str | os.PathLike | bytes | IO[bytes] | Image.Image | np.ndarray
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 
-class ImageError(ValueError):
+class ImageError(DogcatError, ValueError):
     """An input that cannot be turned into an image. The message is one line, fit for users."""
 
 

@@ -56,6 +56,7 @@ from dogcat.artifacts import (
 )
 from dogcat.config import Config, ConfigError, load_config
 from dogcat.detector import DESCRIPTION, imagenet_head_path
+from dogcat.errors import DogcatError
 from dogcat.inference import OnnxRunner, onnx_runner_for
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -102,7 +103,7 @@ FRONT_MATTER = {
 }
 
 
-class SpaceError(ValueError):
+class SpaceError(DogcatError, ValueError):
     """The Space cannot be built: a missing app, model or package. The message says which."""
 
 

@@ -46,6 +46,7 @@ from dogcat.calibration import fit_temperature, fold_temperature, log_loss_at, l
 from dogcat.config import Config, load_config, validate_config
 from dogcat.data import LABELS, Split, read_split
 from dogcat.dataset import ImageBatches, decode_all
+from dogcat.errors import DogcatError
 from dogcat.export import export_onnx, fit_detector_beside
 from dogcat.features import CachedViews, cache_activations, split_model, trunk_function, view_keys
 from dogcat.model import build_model, set_fine_tuning
@@ -55,7 +56,7 @@ OPTIMIZER_FILENAME = "optimizer.npz"
 HISTORY_FIELDS = ("epoch", "phase", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "seconds")
 
 
-class TrainError(RuntimeError):
+class TrainError(DogcatError, RuntimeError):
     pass
 
 

@@ -44,6 +44,7 @@ import numpy as np
 
 from dogcat.artifacts import MODEL_FILENAME, write_text_atomic
 from dogcat.config import Config, load_config, validate_config
+from dogcat.errors import DogcatError
 
 STUDY_NAME = "dogcat-tune"
 TRIAL_FIELDS = ("number", "state", "val_loss", "val_accuracy", "seconds")
@@ -52,7 +53,7 @@ TRIAL_FIELDS = ("number", "state", "val_loss", "val_accuracy", "seconds")
 TRIAL_HEAVY_FILES = (MODEL_FILENAME, "best.weights.h5")
 
 
-class TuneError(RuntimeError):
+class TuneError(DogcatError, RuntimeError):
     pass
 
 
@@ -137,10 +138,7 @@ def tune(
     search has to beat, measured the same way. `memo_bytes` bounds the trunk activations kept
     between trials (0 keeps none).
     """
-    try:
-        import optuna
-    except ModuleNotFoundError:
-        raise TuneError("dogcat tune needs Optuna: pip install 'optuna>=4' (or dogcat's tune extra from its checkout: pip install '.[tune]'). Received: optuna=None") from None
+    import optuna  # missing: the command line names the tune extra (errors.MissingDependency)
     from optuna.trial import TrialState
 
     # Imports Keras: here, not when the CLI imports this module.

@@ -481,6 +481,16 @@ MUTATIONS = [
         "tiger cat\ttabby cat\thouse_cat", "tiger cat\ttabby cat\twild_cat",
         ("tests/test_imagenet_groups.py::test_pets_and_their_look_alikes_are_where_a_pet_owner_expects",),
     ),
+    Mutation(
+        "a missing extra's module is a traceback", "dogcat/cli.py",
+        "(error := MissingDependency.of(error)) is None", "(error := None) is None",
+        ("tests/test_errors.py::test_a_command_without_its_extra_names_the_extra_in_one_line",),
+    ),
+    Mutation(
+        "evaluate on unreadable photos raises a bare ValueError", "dogcat/evaluate.py",
+        "        raise DataError(f\"None of the", "        raise ValueError(f\"None of the",
+        ("tests/test_errors.py::test_evaluate_on_photos_none_of_which_can_be_read_is_one_line",),
+    ),
 ]
 
 
