@@ -10,11 +10,14 @@ The same input and seed give a byte-identical manifest.
 from __future__ import annotations
 
 import csv
+import fnmatch
+import functools
 import glob
 import hashlib
 import io
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,13 +123,79 @@ def list_image_files(folder: Path, others: list[Path] | None = None) -> tuple[li
     """
     files: list[Path] = []
     unreadable: list[Path] = []
-    for root, _, names in os.walk(folder, onerror=lambda error: unreadable.append(Path(error.filename))):
+    for root, _, names in walk(folder, onerror=lambda error: unreadable.append(Path(error.filename))):
         for name in names:
             if Path(name).suffix.lower() in IMAGE_SUFFIXES:
                 files.append(Path(root) / name)
             elif others is not None and not name.startswith("."):  # .DS_Store and friends are no news
                 others.append(Path(root) / name)
     return sorted(files), sorted(unreadable)
+
+
+def glob_paths(pattern: str) -> list[str]:
+    """`glob.glob(pattern, recursive=True)`, except that `**` never enters a link to a folder: the
+    standard glob follows them, so one `self -> .` link multiplied every photo, and two made
+    2^40 paths (minutes of silence, then memory). Hidden names match only a pattern that names
+    them, as with glob."""
+    parts = pattern.split("/")
+    if "**" not in parts:
+        return glob.glob(pattern)
+    first = parts.index("**")
+    head, rest = "/".join(parts[:first]) or ("/" if first else ""), tuple(parts[first:])
+    bases = glob.glob(head) if glob.has_magic(head) else [head]
+    hidden = any(part.startswith(".") for part in rest)
+    matches = []
+    for base in bases:
+        if base and not os.path.isdir(base):
+            continue
+        for folder, folders, names in walk(base or "."):
+            relative = os.path.relpath(folder, base or ".")
+            inside = () if relative == "." else tuple(relative.split(os.sep))
+            matches.extend(os.path.join(base, *inside, name) for name in folders + names
+                           if _glob_match((*inside, name), rest))
+            if not hidden:
+                folders[:] = [name for name in folders if not name.startswith(".")]
+    return matches
+
+
+def _glob_match(names: tuple[str, ...], parts: tuple[str, ...]) -> bool:
+    """Whether the path components `names` match the glob components `parts` (`**`: any number of folders)."""
+
+    @functools.cache
+    def match(i: int, j: int) -> bool:
+        if j == len(parts):
+            return i == len(names)
+        if parts[j] == "**":
+            return match(i, j + 1) or (i < len(names) and not names[i].startswith(".") and match(i + 1, j))
+        return (i < len(names) and (parts[j].startswith(".") or not names[i].startswith("."))
+                and fnmatch.fnmatchcase(names[i], parts[j]) and match(i + 1, j + 1))
+
+    return match(0, 0)
+
+
+def walk(top: str | os.PathLike, onerror=None) -> Iterator[tuple[str, list[str], list[str]]]:
+    """`os.walk(top)`: top-down, links to folders listed but not followed, on a stack of its own: Python 3.11's
+    `os.walk` recurses, so a tree 1,000 folders deep raised RecursionError and listed nothing."""
+    stack = [os.fspath(top)]
+    while stack:
+        root = stack.pop()
+        folders, names, descend = [], [], set()
+        try:
+            with os.scandir(root) as entries:
+                for entry in entries:
+                    try:
+                        is_dir = entry.is_dir()
+                    except OSError:
+                        is_dir = False
+                    (folders if is_dir else names).append(entry.name)
+                    if is_dir and not entry.is_symlink():  # a link to a folder is listed, as os.walk does, never entered
+                        descend.add(entry.name)
+        except OSError as error:
+            if onerror is not None:
+                onerror(error)
+            continue
+        yield root, folders, names  # the caller may prune `folders`, as with os.walk
+        stack.extend(os.path.join(root, name) for name in reversed(folders) if name in descend)
 
 
 def _label_from_name(name: str) -> str | None:
@@ -294,7 +363,7 @@ def expand_in_order(patterns: list[str], skipped: list[Path] | None = None) -> l
         elif exists:
             listed.append((pattern, None))
         elif glob.has_magic(pattern):
-            matches = sorted(glob.glob(pattern, recursive=True))
+            matches = sorted(glob_paths(pattern))
             listed.extend((m, None) for m in matches if not os.path.isdir(m) or Path(m).suffix.lower() in IMAGE_SUFFIXES)
             if not matches:
                 listed.append((pattern, NO_MATCH))
