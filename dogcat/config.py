@@ -95,8 +95,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             table = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"Config file not found. Received: path={str(path)!r}") from None
-        except tomllib.TOMLDecodeError as error:
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise ConfigError(f"Config file is not valid TOML ({error}). Received: path={str(path)!r}") from None
+        except RecursionError:  # tomllib recurses into nested arrays and tables
+            raise ConfigError(f"Config file is not valid TOML (nested too deeply). Received: path={str(path)!r}") from None
         for section, values in table.items():
             if not isinstance(values, dict):
                 raise ConfigError(f"Top-level keys must be [sections]. Received: {section}={values!r}")
@@ -115,6 +117,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 # Allowed values, checked once the whole config is assembled (so every entry point gets the same
 # checks), before anything is built: a bad value otherwise surfaces as a traceback deep in Keras,
 # or worse, as NaN probabilities. A key without a rule here is only type-checked.
+MAX_PREDICT_BATCH = 128
 _FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical", "none")
 _RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "data.dir": ("a non-empty path", lambda v: v.strip() != ""),
@@ -138,7 +141,8 @@ _RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "train.views": ("0 (no cache) or more", lambda v: v >= 0),
     "train.output_dir": ("a non-empty path", lambda v: v.strip() != ""),
     "predict.threshold": ("in [0.5, 1]", lambda v: 0.5 <= v <= 1),
-    "predict.batch_size": ("at least 1", lambda v: v >= 1),
+    # At most MAX_PREDICT_BATCH: each photo in the network holds about 15 MB (float32), and 1e8 took 22 GB.
+    "predict.batch_size": (f"in [1, {MAX_PREDICT_BATCH}]", lambda v: 1 <= v <= MAX_PREDICT_BATCH),
     "predict.min_side": ("0 (off) or more", lambda v: v >= 0),
     "predict.turn_away": ("in (0, 0.5)", lambda v: 0 < v < 0.5),
 }

@@ -223,11 +223,12 @@ class Classifier:
         self.rules = rules or VerdictRules()
         self.verdict_warning: str | None = None
         self.runtime_warning: str | None = None  # `from_path` fell back to Keras from a stale or damaged ONNX twin
+        self.config_warning: str | None = None  # the model's config.toml could not be used
 
     @property
     def warnings(self) -> list[str]:
         """The one-line warnings a user should see (the runtime's fallback, the verdicts' limits)."""
-        return [w for w in (self.runtime_warning, self.verdict_warning) if w]
+        return [w for w in (self.runtime_warning, self.verdict_warning, self.config_warning) if w]
 
     @classmethod
     def from_path(
@@ -274,10 +275,12 @@ class Classifier:
             detector = None
             warning = (f"{model_path.with_name(ONNX_FILENAME)} has no features output, so no 'neither' verdicts "
                        f"(run `dogcat export {model_path}` again)")
-        settings = predict_config_for(model_path)
+        config_warnings: list[str] = []
+        settings = predict_config_for(model_path, config_warnings)
         classifier = cls(runner, class_names, batch_size or settings.batch_size, detector, VerdictRules.from_config(settings))
         classifier.verdict_warning = warning
         classifier.runtime_warning = runtime_warning
+        classifier.config_warning = config_warnings[0] if config_warnings else None
         return classifier
 
     def predict_batch(self, images: np.ndarray) -> np.ndarray:
@@ -423,17 +426,20 @@ def default_workers(runner) -> int:
     return max(2, cores // max(1, runner.threads))
 
 
-def predict_config_for(model_path: str | Path) -> PredictConfig:
+def predict_config_for(model_path: str | Path, warnings: list[str] | None = None) -> PredictConfig:
     """The `[predict]` settings saved with the model's run (`config.toml` beside it), else the defaults.
 
-    A damaged or foreign config.toml is not a reason to refuse predictions: the defaults serve.
+    A damaged or foreign config.toml is not a reason to refuse predictions: the defaults serve,
+    and `warnings`, if given, receives why (a value out of range must not pass unnoticed).
     """
     path = Path(model_path).with_name("config.toml")
     if not path.is_file():
         return PredictConfig()
     try:
         return load_config(path).predict
-    except (ConfigError, OSError):
+    except (ConfigError, OSError) as error:
+        if warnings is not None:
+            warnings.append(f"{path.name} beside the model is not used ({error}); the default [predict] settings serve")
         return PredictConfig()
 
 

@@ -16,6 +16,7 @@ from dogcat.config import Config, ConfigError, load_config, validate_config
         "model.rotation=0.6", "model.rotation=-0.1", 'model.flip="diagonal"', 'model.weights="imagenett"', 'model.weights=""',
         "data.image_size=7", "data.image_size=4096", 'data.dir=""',
         "predict.threshold=0.4", "predict.threshold=1.5", "predict.threshold=nan", "predict.batch_size=0",
+        "predict.batch_size=100000000",  # each photo holds about 15 MB in the network: 1e8 took 22 GB
     ],
 )
 def test_nonsense_settings_are_one_line_errors_naming_the_setting(override):
@@ -53,3 +54,12 @@ def test_a_config_built_in_python_is_checked_too():
     config.train.batch_size = 0
     with pytest.raises(ConfigError, match=r"Received: train\.batch_size=0$"):
         validate_config(config)
+
+
+@pytest.mark.parametrize("content", [b"[predict]\nthreshold = 0.7 # caf\xe9\n", b"a = " + b"[" * 5000 + b"]" * 5000 + b"\n"],
+                         ids=["not-utf8", "nested-too-deeply"])
+def test_a_damaged_config_file_is_one_line(tmp_path, content):
+    (tmp_path / "c.toml").write_bytes(content)
+    with pytest.raises(ConfigError, match=r"^Config file is not valid TOML \(.*\)\. Received: path=") as error:
+        load_config(tmp_path / "c.toml")
+    assert "\n" not in str(error.value)

@@ -51,3 +51,25 @@ def test_a_very_deep_folder_is_listed(tmp_path):
         while deep != tmp_path:
             deep.rmdir()
             deep = deep.parent
+
+
+def test_a_model_config_out_of_range_is_said_and_the_defaults_serve(tmp_path, tiny_model_dir, capsys):
+    """`predict.batch_size = 1e8` beside a model took predict to 22 GB; an invalid value was dropped silently."""
+    import shutil
+
+    from dogcat.cli import main
+    from dogcat.inference import Classifier
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "config.toml").write_text("[predict]\nbatch_size = 100000000\n")
+    classifier = Classifier.from_path(model, runtime="keras")
+    assert classifier.batch_size == 32
+    assert any("predict.batch_size must be in [1, 128]" in w for w in classifier.warnings)
+    photo = tmp_path / "cat.png"
+    from tests.imagegen import write_pet
+
+    write_pet(photo, "cat", 0)
+    assert main(["predict", str(photo), "--model", str(model), "--runtime", "keras", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "config.toml beside the model is not used (predict.batch_size must be in [1, 128]" in err
