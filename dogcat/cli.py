@@ -242,7 +242,36 @@ def _parser() -> argparse.ArgumentParser:
     _add_server_arguments(demo, port=7860)
     demo.add_argument("--share", action="store_true", help="also a temporary public gradio.live link (72 hours)")
     demo.set_defaults(handler=_demo)
+
+    serve = commands.add_parser("serve", help="the HTTP API (FastAPI on uvicorn; on a Ray cluster with --address)")
+    _add_server_arguments(serve, port=8000)
+    serve.add_argument("--runtime", choices=RUNTIMES, help="as for predict")
+    serve.add_argument("--max-batch", type=_whole_number, default=32,
+                       help="photos in one model call, and images in one batch request (default: 32)")
+    serve.add_argument("--batch-wait-ms", type=_milliseconds, default=5.0,
+                       help="how long a request waits for others to share its model call (default: 5)")
+    serve.add_argument("--token-file", type=Path,
+                       help="require `Authorization: Bearer TOKEN`, the file's first line (or set $DOGCAT_API_TOKEN)")
+    serve.add_argument("--address", help="deploy on this Ray cluster with Ray Serve (HOST:PORT of `ray start --head`)")
+    serve.add_argument("--replicas", type=_whole_number, help="with --address: copies of the model (default: 1)")
+    serve.set_defaults(handler=_serve)
     return parser
+
+
+def _whole_number(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 1 or more. Received: {text!r}")
+    return int(text)
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not (math.isfinite(value) and 0 <= value <= 1000):
+        raise argparse.ArgumentTypeError(f"must be a number of milliseconds from 0 to 1000. Received: {text!r}")
+    return value
 
 
 def _add_server_arguments(parser: argparse.ArgumentParser, port: int) -> None:
@@ -554,6 +583,38 @@ def _demo(args: argparse.Namespace) -> int:
     _warn_about_verdicts(module.CLASSIFIER)  # the app's own warning went to the parked stderr
     module.launch(server_name=args.host, server_port=args.port, share=args.share,
                   share_hint="For a temporary public link: dogcat demo --share")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    from dogcat.errors import MissingDependency, UsageError
+
+    needed = ("fastapi", "uvicorn", "prometheus_client", "python_multipart", *(("ray",) if args.address else ()))
+    for name in needed:  # checked here, for one line before any work
+        if importlib.util.find_spec(name) is None:
+            raise MissingDependency.of(ModuleNotFoundError(name=name))
+    from dogcat.serve import create_app, deploy_on_ray, model_file, read_token, serve_locally
+
+    if args.replicas is not None and args.address is None:
+        raise UsageError(f"--replicas places copies on a Ray cluster: add --address HEAD:PORT. Received: "
+                         f"replicas={args.replicas}")
+    token = read_token(args.token_file)
+    if args.address is not None:
+        print(f"dogcat: deploying {args.replicas or 1} replica(s) on {args.address}; Ray Serve answers on "
+              f"http://{args.host}:{args.port} (Ctrl-C or SIGTERM removes them)", file=sys.stderr)
+        deploy_on_ray(args.address, args.replicas or 1, args.host, args.port, args.model, args.runtime,
+                      args.max_batch, args.batch_wait_ms, token)
+        return 0
+    classifier = _load_classifier(args.model, args.runtime)  # first: a bad --model is one line, not a server log
+    _warn_about_verdicts(classifier)
+    _check_port_free(args.host, args.port)
+    app = create_app(model_file(args.model), classifier=classifier, max_batch=args.max_batch,
+                     batch_wait_ms=args.batch_wait_ms, token=token)
+    print(f"dogcat: serving {classifier.runtime} on http://{args.host}:{args.port} (API docs at /docs; "
+          f"{'bearer token required' if token else 'no token'})", file=sys.stderr)
+    serve_locally(app, args.host, args.port)
     return 0
 
 

@@ -20,7 +20,9 @@ class UsageError(DogcatError, ValueError):
 
 # Optional dependency's top-level module -> (what it is, the extra of dogcat-verdict that installs it).
 EXTRAS = {"tensorflow": ("TensorFlow", "tensorflow"), "jax": ("JAX", "jax"), "optuna": ("Optuna", "tune"),
-          "ray": ("Ray", "ray"), "gradio": ("Gradio", "gradio"), "streamlit": ("Streamlit", "streamlit")}
+          "ray": ("Ray", "ray"), "gradio": ("Gradio", "gradio"), "streamlit": ("Streamlit", "streamlit"),
+          "fastapi": ("FastAPI", "serve"), "uvicorn": ("uvicorn", "serve"),
+          "prometheus_client": ("prometheus-client", "serve"), "python_multipart": ("python-multipart", "serve")}
 
 
 class MissingDependency(DogcatError):

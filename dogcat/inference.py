@@ -358,12 +358,16 @@ class Classifier:
                              explain: bool) -> list[Prediction]:
         return self._classify(names, decode_sources(sources, names, self.image_size), rules, explain)
 
-    def classify_decoded(self, names: list[str], decoded: list, rules: VerdictRules | None = None) -> list[Prediction]:
+    def classify_decoded(self, names: list[str], decoded: list, rules: VerdictRules | None = None,
+                         explain: bool = False) -> list[Prediction]:
         """Predictions for sources already decoded by `decode_sources` (a bulk job decodes in other
-        processes, dogcat.batch); the same scoring and verdicts as `predict`."""
+        processes, dogcat.batch; the HTTP API decodes each upload as it arrives, dogcat.serve); the
+        same scoring and verdicts as `predict`."""
+        if explain and not self.can_explain:
+            raise ArtifactError(f"This model cannot explain its predictions ({self._no_explanation()}). Received: explain=True")
         return [p for start in range(0, len(names), self.batch_size)
                 for p in self._classify(names[start : start + self.batch_size],
-                                        decoded[start : start + self.batch_size], rules or self.rules)]
+                                        decoded[start : start + self.batch_size], rules or self.rules, explain)]
 
     def _classify(self, names: list[str], decoded: list, rules: VerdictRules, explain: bool = False) -> list[Prediction]:
         good = [item for item in decoded if not isinstance(item, str)]

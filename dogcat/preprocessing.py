@@ -101,6 +101,14 @@ class ImageError(DogcatError, ValueError):
     """An input that cannot be turned into an image. The message is one line, fit for users."""
 
 
+class ImageTooLarge(ImageError):
+    """Over the byte, pixel or decode-memory limit: the HTTP API answers 413, not 400."""
+
+
+class ImageFormatError(ImageError):
+    """Not a format dogcat reads: the HTTP API answers 415, not 400."""
+
+
 def decode_image(source: ImageSource, image_size: int = DEFAULT_IMAGE_SIZE) -> np.ndarray:
     """Return `source` as an upright RGB uint8 array of shape (image_size, image_size, 3)."""
     return decode_image_with_size(source, image_size)[0]
@@ -173,7 +181,7 @@ def read_image_bytes(path: str | os.PathLike) -> bytes:
             kind = "a named pipe" if stat.S_ISFIFO(info.st_mode) else "a device or socket"
             raise ImageError(f"{name}: not a regular file ({kind})")
         if info.st_size > MAX_FILE_BYTES:
-            raise ImageError(f"{name}: file is over the {MAX_FILE_BYTES // 2**20} MiB limit")
+            raise ImageTooLarge(f"{name}: file is over the {MAX_FILE_BYTES // 2**20} MiB limit")
         with open(fd, "rb", closefd=False) as handle:
             return handle.read(MAX_FILE_BYTES + 1)
     except OSError as error:  # e.g. EIO, or a network share gone mid-read
@@ -196,7 +204,7 @@ def _decode(source: ImageSource, draft_size: int | None = None, square: int | No
     image = source if isinstance(source, Image.Image) else _open(source)
     try:
         if image.format is not None and image.format not in (*FORMATS, *_JPEG_FORMATS):
-            raise ImageError(f"{name}: not a supported format ({image.format}; dogcat reads {FORMAT_NAMES})")
+            raise ImageFormatError(f"{name}: not a supported format ({image.format}; dogcat reads {FORMAT_NAMES})")
         _check_size(image, source)
         size = image.size
         if draft_size and image.format in _JPEG_FORMATS:
@@ -233,7 +241,7 @@ def _check_decode_budget(image: Image.Image, source: ImageSource, header_size: t
         width, height = header_size
         why = ("a progressive JPEG's decoder holds it at full size" if image.format in _JPEG_FORMATS
                else "only JPEGs are decoded at reduced scale")
-        raise ImageError(
+        raise ImageTooLarge(
             f"{_name(source)}: image is {width}x{height}, too large to decode ({math.ceil(cost / 2**20)} MiB, over the "
             f"{MAX_DECODE_BYTES // 2**20} MiB decode budget; {why})"
         )
@@ -417,7 +425,7 @@ def _open(source: ImageSource) -> Image.Image:
     if not data:
         raise ImageError(f"{name}: empty file")
     if len(data) > MAX_FILE_BYTES:
-        raise ImageError(f"{name}: file is over the {MAX_FILE_BYTES // 2**20} MiB limit")
+        raise ImageTooLarge(f"{name}: file is over the {MAX_FILE_BYTES // 2**20} MiB limit")
     try:
         with warnings.catch_warnings():
             # _check_size enforces our own limit from the header; Pillow's warning is redundant.
@@ -425,9 +433,9 @@ def _open(source: ImageSource) -> Image.Image:
             # An explicit list, so no other decoder (and no external program) ever sees the bytes.
             return Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
-        raise ImageError(f"{name}: not an image, or not a supported format ({FORMAT_NAMES})") from None
+        raise ImageFormatError(f"{name}: not an image, or not a supported format ({FORMAT_NAMES})") from None
     except Image.DecompressionBombError:
-        raise ImageError(f"{name}: image is too large (over {MAX_PIXELS:,} pixels)") from None
+        raise ImageTooLarge(f"{name}: image is too large (over {MAX_PIXELS:,} pixels)") from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{name}: unreadable image ({_first_line(error)})") from None
     except Exception as error:  # a header parser's own bug on hostile bytes: this file's error, as in _decode
@@ -437,7 +445,7 @@ def _open(source: ImageSource) -> Image.Image:
 def _check_size(image: Image.Image, source: ImageSource) -> None:
     width, height = image.size
     if width * height > MAX_PIXELS:
-        raise ImageError(
+        raise ImageTooLarge(
             f"{_name(source)}: image is {width}x{height}, over the {MAX_PIXELS:,}-pixel limit"
         )
     if width == 0 or height == 0:
@@ -483,7 +491,7 @@ def _array_to_image(array: np.ndarray) -> Image.Image:
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
         raise ImageError(f"Expected an (H, W), (H, W, 3) or (H, W, 4) array. Received: shape={array.shape}")
     if array.shape[0] * array.shape[1] > MAX_PIXELS:
-        raise ImageError(f"array is {array.shape[1]}x{array.shape[0]}, over the {MAX_PIXELS:,}-pixel limit")
+        raise ImageTooLarge(f"array is {array.shape[1]}x{array.shape[0]}, over the {MAX_PIXELS:,}-pixel limit")
     if array.size == 0:
         raise ImageError(f"array has no pixels ({array.shape[1]}x{array.shape[0]})")
     if array.dtype == np.uint8:

@@ -491,6 +491,37 @@ MUTATIONS = [
         "        raise DataError(f\"None of the", "        raise ValueError(f\"None of the",
         ("tests/test_errors.py::test_evaluate_on_photos_none_of_which_can_be_read_is_one_line",),
     ),
+    Mutation(
+        "the HTTP batcher sends each request alone", "dogcat/serve.py",
+        "            deadline = self._items[0][0] + self.wait_s\n", "            deadline = 0.0\n",
+        ("tests/test_serve.py::test_the_batcher_gathers_concurrent_requests_into_one_call_up_to_max_batch",),
+    ),
+    Mutation(
+        "every refused upload is a 400", "dogcat/serve.py",
+        "    if isinstance(error, ImageTooLarge):\n", "    if False:\n",
+        ("tests/test_serve.py::test_every_refused_upload_has_its_status_and_stable_code",),
+    ),
+    Mutation(
+        "the HTTP body limit trusts Content-Length alone", "dogcat/serve.py",
+        "            if seen > self.limit:\n", "            if False:\n",
+        ("tests/test_serve.py::test_a_body_over_the_limit_is_refused_while_it_streams_in",),
+    ),
+    Mutation(
+        "the bearer token is not checked", "dogcat/serve.py",
+        "        if token is None:\n            return\n", "        return\n",
+        ("tests/test_serve.py::test_a_token_guards_the_api_but_not_the_health_checks",),
+    ),
+    Mutation(
+        "ready before the warm-up photo", "dogcat/serve.py",
+        "                self._submit = batcher.submit\n",
+        "                self._submit = batcher.submit\n                self.ready = True\n",
+        ("tests/test_serve.py::test_503_until_the_model_is_loaded_and_warm",),
+    ),
+    Mutation(
+        "SIGTERM exits 143 as uvicorn re-raises it", "dogcat/serve.py",
+        "                self._captured_signals.remove(sig)", "                pass",
+        ("tests/test_serve.py::test_sigterm_drains_the_requests_in_flight_then_exits_0",),
+    ),
 ]
 
 
