@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import tempfile
@@ -182,6 +183,21 @@ def file_sha256(path: str | Path) -> str:
 def write_bytes_atomic(path: str | Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def strict_json(value, indent: int | None = None) -> str:
+    """`json.dumps` that only writes strict JSON: a non-finite float (a NaN loss, a damaged model)
+    becomes null, since bare `NaN` is not JSON and strict parsers (jq, JavaScript) refuse the whole document."""
+    def finite(item):
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        if isinstance(item, dict):
+            return {key: finite(v) for key, v in item.items()}
+        if isinstance(item, list | tuple):
+            return [finite(v) for v in item]
+        return item
+
+    return json.dumps(finite(value), indent=indent, allow_nan=False)
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

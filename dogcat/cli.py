@@ -8,7 +8,6 @@ import sys
 try:  # Ctrl-C while the command starts up: one line and 130, as anywhere later, never a traceback
     import argparse
     import csv
-    import json
     import math
     import signal
     import warnings
@@ -409,11 +408,13 @@ def _row_writer(args: argparse.Namespace, names: list[str], width: int):
     """A function that prints one prediction's row (after printing the header, for CSV and the table)."""
     explaining = args.explain is not None
     if args.json:
+        from dogcat.artifacts import strict_json
+
         def json_row(result, explanation: str | None) -> None:
             row = result.as_record()
             if explaining:  # the `explanation` field appears only with --explain: existing consumers see no change
                 row["explanation"] = explanation or None
-            print(json.dumps(row))
+            print(strict_json(row))
 
         return json_row
     if args.csv:

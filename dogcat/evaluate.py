@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from dogcat.artifacts import save_atomic, write_text_atomic
+from dogcat.artifacts import save_atomic, strict_json, write_text_atomic
 from dogcat.data import DataError, read_split
 from dogcat.inference import Classifier
 from dogcat.metrics import classification_metrics
@@ -32,7 +31,7 @@ def evaluate(classifier: Classifier, data_dir: str | Path, split: str = "test", 
         metrics["neither_folder"] = score_neither_folder(classifier, neither_dir)
     if out_dir is not None:
         out_dir = Path(out_dir)
-        write_text_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        write_text_atomic(out_dir / "metrics.json", strict_json(metrics, indent=2) + "\n")
         plot_confusion_matrix(metrics, out_dir / "confusion_matrix.png")
     return metrics
 

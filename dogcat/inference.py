@@ -108,6 +108,9 @@ class KerasRunner:
         return probabilities, features, grad_cam(feature_map, gradients)
 
 
+NON_FINITE = "the model gave a non-finite probability (NaN or infinity): its weights are damaged"
+
+
 class OnnxRunner:
     """ONNX Runtime on the file `dogcat export` wrote; `InferenceSession.run` is thread-safe.
 
@@ -191,6 +194,11 @@ def onnx_runner_for(model_path: Path, int8: bool = False, threads: int = 1) -> O
         return f"{onnx_path} was exported from a different .keras file (run `{again}` again)"
     if (runner.name == "onnx-int8") != int8:
         return f"{onnx_path} is {'not ' if int8 else ''}an int8 export"
+    # A gray photo must give finite probabilities: NaN or infinite weights otherwise answer every photo with NaN.
+    probe = runner.session.run(runner.outputs[:1], {runner.input_name: np.full((1, runner.image_size, runner.image_size, 3),
+                                                                                0.5, np.float32)})[0]
+    if not np.isfinite(probe).all():
+        return f"{onnx_path} gives non-finite probabilities (NaN or infinite weights)"
     if int8:
         runner.recheck = onnx_runner_for(model_path, threads=threads)  # the float twin re-scores what int8 is unsure of
         if not isinstance(runner.recheck, OnnxRunner):
@@ -403,6 +411,9 @@ class Classifier:
                 predictions.append(Prediction(name, error=item))
                 continue
             (_, size), row, is_neither, seen, pooled, heatmap = next(results)
+            if not np.isfinite(row).all() or (pooled is not None and not np.isfinite(pooled).all()):  # never a verdict
+                predictions.append(Prediction(name, error=NON_FINITE))
+                continue
             named = {self.class_names[c]: float(p) for c, p in enumerate(row)}
             verdict = decide(named, size, None if is_neither is None else bool(is_neither), rules)
             text = describe(verdict, named, size, rules)

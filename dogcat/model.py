@@ -13,6 +13,7 @@ import zipfile
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from dogcat.artifacts import ArtifactError
 from dogcat.config import ModelConfig
@@ -179,9 +180,15 @@ def load_model(path: str | Path, compile: bool = False) -> keras.Model:
         raise ArtifactError(f"Model file not found. Received: path={str(path)!r}")
     _check_zip_size(path)
     try:
-        return keras.saving.load_model(path, compile=compile, safe_mode=True)
+        model = keras.saving.load_model(path, compile=compile, safe_mode=True)
     except Exception as error:
         raise ArtifactError(f"Could not load model ({type(error).__name__}: {error}). Received: path={str(path)!r}") from None
+    # NaN or infinite weights answer every photo with NaN: refused here, so predict, the apps and export never serve them.
+    damaged = [w.path for w in model.weights if not np.isfinite(keras.ops.convert_to_numpy(w)).all()]
+    if damaged:
+        raise ArtifactError(f"The model has non-finite weights (NaN or infinity) in {len(damaged)} variable(s), first "
+                            f"{damaged[0]}. Received: path={str(path)!r}")
+    return model
 
 
 def _check_zip_size(path: Path) -> None:

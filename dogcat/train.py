@@ -40,6 +40,7 @@ from dogcat.artifacts import (
     save_all_atomic,
     save_atomic,
     save_class_names,
+    strict_json,
     write_text_atomic,
 )
 from dogcat.calibration import fit_temperature, fold_temperature, log_loss_at, logits_of
@@ -182,7 +183,7 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
         "keras_version": keras.__version__,
         "backend": keras.backend.backend(),
     }
-    write_text_atomic(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_text_atomic(run_dir / "metrics.json", strict_json(metrics, indent=2) + "\n")
     _plot_history(history, run_dir / "training_curves.png")
     state["finished"] = True
     write_text_atomic(state_path, json.dumps(state, indent=2))
