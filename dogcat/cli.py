@@ -251,7 +251,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="how long a request waits for others to share its model call (default: 5)")
     serve.add_argument("--token-file", type=Path,
                        help="require `Authorization: Bearer TOKEN`, the file's first line (or set $DOGCAT_API_TOKEN)")
-    serve.add_argument("--address", help="deploy on this Ray cluster with Ray Serve (HOST:PORT of `ray start --head`)")
+    serve.add_argument("--address", help="deploy on this Ray cluster with Ray Serve (HOST:PORT of `ray start --head`, "
+                       "or `local` for a Ray started here)")
     serve.add_argument("--replicas", type=_whole_number, help="with --address: copies of the model (default: 1)")
     serve.set_defaults(handler=_serve)
     return parser
@@ -606,7 +607,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"dogcat: deploying {args.replicas or 1} replica(s) on {args.address}; Ray Serve answers on "
               f"http://{args.host}:{args.port} (Ctrl-C or SIGTERM removes them)", file=sys.stderr)
         deploy_on_ray(args.address, args.replicas or 1, args.host, args.port, args.model, args.runtime,
-                      args.max_batch, args.batch_wait_ms, token)
+                      args.max_batch, args.batch_wait_ms, token, log=lambda line: print(f"dogcat: {line}", file=sys.stderr))
         return 0
     classifier = _load_classifier(args.model, args.runtime)  # first: a bad --model is one line, not a server log
     _warn_about_verdicts(classifier)

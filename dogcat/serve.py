@@ -145,9 +145,9 @@ ERRORS = {status: {"model": ErrorAnswer} for status in (400, 401, 413, 415, 422,
 class MicroBatcher:
     """Gathers concurrent `submit`s into calls of `run` on up to `max_batch` items.
 
-    The first item of a batch waits at most `wait_s` for others; items already queued (the model
-    was busy) wait no longer. Up to `lanes` batches run at once: one model call per core keeps
-    them all busy while the next batch gathers.
+    Up to `lanes` batches run at once (one model call per core). While one runs, the next batch
+    gathers for at most `wait_s` after its first item arrived; items that queued while every lane
+    was busy wait no longer. With nothing running, an item goes at once: a lone client pays no wait.
     """
 
     def __init__(self, run: Callable[[list], Awaitable[list]], max_batch: int, wait_s: float, lanes: int = 1):
@@ -156,6 +156,7 @@ class MicroBatcher:
         self._arrived = asyncio.Event()
         self._lanes = asyncio.Semaphore(lanes)
         self._running: set[asyncio.Task] = set()
+        self._busy = 0  # batches in the model now
         self._task = asyncio.get_running_loop().create_task(self._gather())
 
     async def submit(self, item):
@@ -171,13 +172,14 @@ class MicroBatcher:
                 self._arrived.clear()
                 await self._arrived.wait()
             deadline = self._items[0][0] + self.wait_s
-            while len(self._items) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+            while self._busy and len(self._items) < self.max_batch and (left := deadline - time.monotonic()) > 0:
                 self._arrived.clear()
                 try:
                     await asyncio.wait_for(self._arrived.wait(), left)
                 except TimeoutError:
                     break
             batch = [self._items.popleft() for _ in range(min(self.max_batch, len(self._items)))]
+            self._busy += 1
             task = asyncio.get_running_loop().create_task(self._run(batch))
             self._running.add(task)
             task.add_done_callback(self._running.discard)
@@ -194,6 +196,7 @@ class MicroBatcher:
                 if not future.done():  # its client left
                     future.set_result(result)
         finally:
+            self._busy -= 1
             self._lanes.release()
 
     async def close(self) -> None:
@@ -263,7 +266,9 @@ class Engine:
             self.classifier = await loop.run_in_executor(self._decoder, self.load)
             if self.model_file is not None:
                 self.sha256 = await loop.run_in_executor(self._decoder, file_sha256, self.model_file)
-            lanes = self.classifier.workers if self.classifier.runner.parallel else 1
+            # One model call at a time on Keras (it spreads one over the cores) and in a Ray Serve replica
+            # (it holds one CPU); on ONNX Runtime here, one per core.
+            lanes = self.classifier.workers if self.classifier.runner.parallel and not self.ray_batching else 1
             self._model_lanes = ThreadPoolExecutor(lanes, thread_name_prefix="dogcat-classify")
             self._closers.append(partial(self._model_lanes.shutdown, wait=False, cancel_futures=True))
             if self.ray_batching:
@@ -636,13 +641,18 @@ def serve_locally(app: FastAPI, host: str, port: int, drain_s: float = 30.0) -> 
 
 def deploy_on_ray(address: str, replicas: int, host: str, port: int, model: str | Path | None = None,
                   runtime: str | None = None, max_batch: int = MAX_BATCH, batch_wait_ms: float = BATCH_WAIT_MS,
-                  token: str | None = None, name: str = "dogcat", blocking: bool = True):
+                  token: str | None = None, name: str = "dogcat", blocking: bool = True,
+                  log: Callable[[str], None] | None = None):
     """Deploy `create_app` on the Ray cluster at `address` (HOST:PORT; "local" starts one here),
     `replicas` of it, one CPU each, behind Ray Serve's proxy on `host:port`. The app is built on each
     replica (`serve.ingress` with a builder), where `@serve.batch` gathers requests.
 
     `blocking`: serve until SIGTERM or Ctrl-C, then delete the deployment; else return its handle.
+    `log` hears when every replica is up.
     """
+    import signal
+    import threading
+
     import ray
     from ray import serve
 
@@ -654,24 +664,25 @@ def deploy_on_ray(address: str, replicas: int, host: str, port: int, model: str 
                           ray_batching=True)
 
     if not ray.is_initialized():
-        ray.init(address=None if address == "local" else address, log_to_driver=False,
+        ray.init(address=address, log_to_driver=False,  # "local": a new Ray here, never a stale one found
                  runtime_env={"env_vars": {"OPENBLAS_NUM_THREADS": "1"}})
+    stop = threading.Event()
+    if blocking:  # before the deployment starts: a SIGTERM while it does (Ray's own handler aborts) stops it after
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
     serve.start(http_options={"host": host, "port": port})
     deployment = serve.deployment(name=name, num_replicas=replicas, ray_actor_options={"num_cpus": 1},
                                   health_check_period_s=5)(serve.ingress(build)())
-    handle = serve.run(deployment.bind(), name=name, route_prefix="/")
-    if not blocking:
-        return handle
-    import signal
-    import threading
-
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
+        handle = serve.run(deployment.bind(), name=name, route_prefix="/")
+        if not blocking:
+            return handle
+        if log is not None:
+            log(f"{replicas} replica(s) serving on http://{host}:{port}")
         while not stop.wait(1):
             pass
     except KeyboardInterrupt:
         pass
     finally:
-        serve.delete(name)
+        if blocking:
+            serve.delete(name)
     return None

@@ -492,9 +492,14 @@ MUTATIONS = [
         ("tests/test_errors.py::test_evaluate_on_photos_none_of_which_can_be_read_is_one_line",),
     ),
     Mutation(
-        "the HTTP batcher sends each request alone", "dogcat/serve.py",
+        "the HTTP batcher never waits for company", "dogcat/serve.py",
         "            deadline = self._items[0][0] + self.wait_s\n", "            deadline = 0.0\n",
-        ("tests/test_serve.py::test_the_batcher_gathers_concurrent_requests_into_one_call_up_to_max_batch",),
+        ("tests/test_serve.py::test_the_batcher_gathers_requests_while_the_model_is_busy_up_to_max_batch",),
+    ),
+    Mutation(
+        "the HTTP batcher waits even when idle", "dogcat/serve.py",
+        "            while self._busy and len(self._items)", "            while len(self._items)",
+        ("tests/test_serve.py::test_an_idle_batcher_sends_a_lone_request_without_waiting",),
     ),
     Mutation(
         "every refused upload is a 400", "dogcat/serve.py",
@@ -516,6 +521,11 @@ MUTATIONS = [
         "                self._submit = batcher.submit\n",
         "                self._submit = batcher.submit\n                self.ready = True\n",
         ("tests/test_serve.py::test_503_until_the_model_is_loaded_and_warm",),
+    ),
+    Mutation(
+        "Ray Serve replicas load the Keras runtime whatever was asked", "dogcat/serve.py",
+        "        return create_app(model, runtime, max_batch", "        return create_app(model, \"keras\", max_batch",
+        ("tests/test_serve.py::test_ray_serve_answers_predicts_rows_and_sigterm_removes_the_deployment",),
     ),
     Mutation(
         "SIGTERM exits 143 as uvicorn re-raises it", "dogcat/serve.py",

@@ -264,25 +264,40 @@ def test_metrics_count_requests_verdicts_batches_and_errors(classifier):
     assert calls < photos
 
 
-def test_the_batcher_gathers_concurrent_requests_into_one_call_up_to_max_batch():
+def test_the_batcher_gathers_requests_while_the_model_is_busy_up_to_max_batch():
     calls: list[list[int]] = []
 
     async def run(items):
         calls.append(items)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2 if items == [0] else 0.01)
         return [item * 10 for item in items]
 
     async def scenario():
-        batcher = MicroBatcher(run, max_batch=4, wait_s=0.05, lanes=1)
-        first = asyncio.gather(*(batcher.submit(i) for i in range(3)))
-        await asyncio.sleep(0.01)  # within the wait: joins the first batch
-        later = asyncio.gather(*(batcher.submit(i) for i in range(3, 7)))
-        results = await first, await later
+        batcher = MicroBatcher(run, max_batch=4, wait_s=0.1, lanes=2)
+        first = asyncio.ensure_future(batcher.submit(0))  # idle: goes at once, and keeps a lane busy
+        await asyncio.sleep(0.02)
+        second = asyncio.ensure_future(batcher.submit(1))  # a lane is free, but the model is busy: waits for company
+        await asyncio.sleep(0.02)
+        rest = asyncio.gather(*(batcher.submit(i) for i in range(2, 7)))
+        results = await first, await second, await rest
         await batcher.close()
         return results
 
-    assert asyncio.run(scenario()) == ([0, 10, 20], [30, 40, 50, 60])
-    assert [len(call) for call in calls] == [4, 3]
+    assert asyncio.run(scenario()) == (0, 10, [20, 30, 40, 50, 60])
+    assert calls == [[0], [1, 2, 3, 4], [5, 6]]
+
+
+def test_an_idle_batcher_sends_a_lone_request_without_waiting():
+    async def scenario():
+        batcher = MicroBatcher(lambda items: asyncio.sleep(0, items), max_batch=4, wait_s=30, lanes=1)
+        start = time.monotonic()
+        answer = await batcher.submit(1)
+        await batcher.close()
+        return answer, time.monotonic() - start
+
+    answer, seconds = asyncio.run(scenario())
+    assert answer == 1
+    assert seconds < 5, "one client pays no batching wait"
 
 
 def test_a_failed_model_call_fails_its_requests_and_not_the_batcher():
@@ -375,25 +390,30 @@ def test_a_real_server_batches_concurrent_clients_and_answers_every_one_or_429(t
 def test_sigterm_drains_the_requests_in_flight_then_exits_0(tmp_path, expected):
     import httpx
 
-    context, url = _start_server(tmp_path, "--batch-wait-ms", "1000")  # requests sit in the batcher a while
+    context, url = _start_server(tmp_path, "--max-batch", "64")
     with context as server:
         def waiting() -> float:
             return float(httpx.get(f"{url}/metrics").text.split("\ndogcat_photos_waiting ", 1)[1].split()[0])
 
-        def one(name: str) -> int:
-            with httpx.Client(base_url=url, timeout=60) as http:
-                response = http.post("/v1/classify", files={"file": (name, PHOTOS[name])})
-                assert _same_row(response.json(), expected[name])
-                return response.status_code
+        batch = [("files", (f"{index}.jpg", PHOTOS["dog-darknet.jpg"])) for index in range(64)]  # about a second's work
 
-        with ThreadPoolExecutor(8) as clients:
-            answers = [clients.submit(one, name) for name in PHOTOS]
-            deadline = time.monotonic() + 30
-            while waiting() < len(PHOTOS):  # all received, all waiting for their batch
+        def send() -> httpx.Response:
+            with httpx.Client(base_url=url, timeout=120) as http:
+                return http.post("/v1/classify/batch", files=batch)
+
+        with ThreadPoolExecutor(1) as client:
+            answer = client.submit(send)
+            deadline = time.monotonic() + 60
+            while waiting() < 64:  # received: in the server's hands, not answered yet
                 assert time.monotonic() < deadline
-                time.sleep(0.01)
+                assert not answer.done(), "answered before it could be seen in flight"
+                time.sleep(0.005)
             server.send_signal(signal.SIGTERM)
-            assert [answer.result() for answer in answers] == [200] * len(PHOTOS)
+            response = answer.result()
+        assert response.status_code == 200
+        rows = response.json()["rows"]
+        assert len(rows) == 64
+        assert all(_same_row(row, {**expected["dog-darknet.jpg"], "path": row["path"]}) for row in rows)
         assert server.wait(timeout=30) == 0
         with pytest.raises(httpx.ConnectError):
             httpx.get(f"{url}/healthz")
@@ -418,3 +438,44 @@ def test_the_readmes_curl_and_httpx_examples_run(tmp_path, expected):
                              text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO)})
         assert ran.returncode == 0, ran.stderr
         assert ran.stdout.split() == ["cat", "cat"], ran.stdout
+
+
+@pytest.mark.bulk
+def test_ray_serve_answers_predicts_rows_and_sigterm_removes_the_deployment(tmp_path, capsys):
+    """`dogcat serve --address` as a user runs it: two replicas on a local Ray, the same rows as
+    `dogcat predict --json`, a bad photo a row with its error, and SIGTERM a clean exit."""
+    import httpx
+
+    pytest.importorskip("ray.serve", reason="the ray extra is not installed (nox -s bulk)")
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for name, data in PHOTOS.items():
+        (folder / name).write_bytes(data)
+    (folder / "notes.jpg").write_bytes(b"not a photo")
+    main(["predict", str(folder), "--json", "--model", str(SHIPPED_MODEL), "--runtime", "onnx"])
+    expected = {Path(row["path"]).name: row for row in map(json.loads, capsys.readouterr().out.splitlines())}
+    port = free_port()
+    command = [sys.executable, "-m", "dogcat", "serve", "--address", "local", "--replicas", "2", "--port", str(port),
+               "--model", str(SHIPPED_MODEL), "--runtime", "onnx"]
+    from tests.servers import serving
+
+    with serving(command, f"http://127.0.0.1:{port}/readyz", tmp_path / "serve.log", timeout=240) as server:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as http:
+            files = [("files", (path.name, path.read_bytes())) for path in sorted(folder.iterdir())]
+            rows = http.post("/v1/classify/batch", files=files).json()["rows"]
+            one = http.post("/v1/classify", files={"file": ("cat-chelsea.jpg", PHOTOS["cat-chelsea.jpg"])}).json()
+            card = http.get("/v1/model").json()
+        assert len(rows) == len(expected)
+        for row in rows:
+            want = {**expected[row["path"]], "path": row["path"]}
+            if row["error"] is not None:
+                assert row.pop("error_code") == "unsupported_format"
+            assert _same_row(row, want), (row, want)
+        assert _same_row(one, {**expected["cat-chelsea.jpg"], "path": "cat-chelsea.jpg"})
+        assert card["runtime"] == "onnx"
+        deadline = time.monotonic() + 120
+        while "replica(s) serving on" not in (tmp_path / "serve.log").read_text():  # the deployment is complete
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=120) == 0, (tmp_path / "serve.log").read_text()[-3000:]

@@ -1,0 +1,256 @@
+"""The HTTP API: `dogcat serve` against `dogcat predict` and a naive FastAPI server, in one run.
+
+    python benchmarks/serve.py [--files 2000] [--clients 32] [--runtime onnx] [--source KAGGLE_TRAIN_DIR]
+                               [--latency-requests 200] [--rss-requests 10000] [--burst 200]
+
+On the same `--files` Kaggle photos and the same runtime:
+- `dogcat predict --csv` on a folder of them, a fresh process timed from start to exit (the batch
+  CLI is the ceiling a server can approach);
+- `dogcat serve` (dynamic batching) and a naive FastAPI server that calls `Classifier.classify_one`
+  once per request in FastAPI's threadpool (written here, `--naive-server`), each in its own
+  process, timed from the first request to the last answer of `--clients` concurrent clients
+  (raw-body POSTs from one asyncio process on the same machine: the clients' own CPU is in both);
+- one client: p50 latency of `dogcat serve` against the in-process `classify_one` on the same photo;
+- memory: the idle server's RSS on the int8 runtime, after 1,000 requests and after `--rss-requests`;
+- a burst of `--burst` clients at once: every request answered 200 or 429, none cut off, and the
+  server still answering afterwards.
+Photos are read into memory first, so disk reads are in neither side. Ray Serve's scale-out
+(two 1-CPU nodes against one) is not measured here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+from benchmarks._results import write_section  # noqa: E402
+
+MODEL = REPO / "models" / "dog_cat_classifier.keras"
+
+
+def naive_server(port: int, runtime: str) -> None:
+    """The baseline: one Classifier call per request, in FastAPI's threadpool, no batching."""
+    import uvicorn
+    from fastapi import FastAPI, Request
+    from starlette.concurrency import run_in_threadpool
+
+    from dogcat.inference import Classifier
+
+    classifier = Classifier.from_path(MODEL, runtime=runtime)
+    app = FastAPI()
+
+    @app.get("/readyz")
+    async def readyz() -> dict:
+        return {"status": "ready"}
+
+    @app.post("/v1/classify")
+    async def classify(request: Request) -> dict:
+        data = await request.body()
+        return (await run_in_threadpool(classifier.classify_one, data)).as_record()
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+class Server:
+    """A server process on 127.0.0.1, ready when /readyz answers 200; stopped on exit."""
+
+    def __init__(self, command: list[str], port: int):
+        self.url = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                        env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+        deadline = time.monotonic() + 120
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{command} exited: {self.process.stderr.read().decode()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as answer:
+                    if answer.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{command} never became ready")
+            time.sleep(0.2)
+
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def serve_command(port: int, runtime: str) -> list[str]:
+    return [sys.executable, "-m", "dogcat", "serve", "--model", str(MODEL), "--runtime", runtime, "--port", str(port)]
+
+
+async def _load(url: str, photos: list[bytes], clients: int) -> tuple[float, dict[int, int], list[float]]:
+    """Send every photo once from `clients` concurrent clients: (seconds, statuses, each request's seconds)."""
+    import httpx
+
+    queue: asyncio.Queue = asyncio.Queue()
+    for photo in photos:
+        queue.put_nowait(photo)
+    statuses: dict[int, int] = {}
+    latencies: list[float] = []
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+        async def client() -> None:
+            while not queue.empty():
+                photo = queue.get_nowait()
+                started = time.perf_counter()
+                try:
+                    status = (await http.post("/v1/classify", content=photo,
+                                              headers={"content-type": "image/jpeg"})).status_code
+                except httpx.HTTPError:
+                    status = -1  # cut off: the one outcome that must never happen
+                latencies.append(time.perf_counter() - started)
+                statuses[status] = statuses.get(status, 0) + 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(client() for _ in range(clients)))
+    return time.perf_counter() - started, statuses, latencies
+
+
+def load(url: str, photos: list[bytes], clients: int) -> tuple[float, dict[int, int], list[float]]:
+    return asyncio.run(_load(url, photos, clients))
+
+
+def in_process_p50(photo: bytes, runtime: str, requests: int) -> float:
+    from dogcat.inference import Classifier
+
+    classifier = Classifier.from_path(MODEL, runtime=runtime)
+    for _ in range(5):
+        classifier.classify_one(photo)
+    times = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        classifier.classify_one(photo)
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--runtime", default="onnx", choices=("onnx", "onnx-int8"))
+    parser.add_argument("--source", type=Path, default=Path(os.environ.get(
+        "DOGCAT_SHARED_DATA", REPO.parent / "shared" / "data" / "kaggle-dogs-vs-cats-5k" / "train")))
+    parser.add_argument("--latency-requests", type=int, default=200)
+    parser.add_argument("--rss-requests", type=int, default=10000, help="0: skip the memory measurement")
+    parser.add_argument("--burst", type=int, default=200)
+    parser.add_argument("--naive-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.naive_server:
+        naive_server(args.naive_server, args.runtime)
+        return
+
+    paths = sorted(args.source.glob("*.jpg"))[: args.files]
+    if len(paths) < args.files:
+        sys.exit(f"only {len(paths)} photos in {args.source}")
+    photos = [path.read_bytes() for path in paths]
+    lines = []
+
+    with tempfile.TemporaryDirectory(prefix="dogcat-serve-bench-") as folder:
+        for path in paths:
+            shutil.copy(path, folder)
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "dogcat", "predict", folder, "--csv", "--runtime", args.runtime,
+                        "--model", str(MODEL)], check=True, stdout=subprocess.DEVNULL,
+                       env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+        predict_rate = len(paths) / (time.perf_counter() - started)
+    print(f"dogcat predict: {predict_rate:.0f} photos/s", flush=True)
+
+    port = free_port()
+    with Server([sys.executable, __file__, "--naive-server", str(port), "--runtime", args.runtime], port) as naive:
+        seconds, statuses, _ = load(naive.url, photos, args.clients)
+        naive_rate = statuses.get(200, 0) / seconds
+    print(f"naive FastAPI: {naive_rate:.0f} photos/s {statuses}", flush=True)
+
+    port = free_port()
+    with Server(serve_command(port, args.runtime), port) as server:
+        seconds, statuses, _ = load(server.url, photos, args.clients)
+        serve_rate = statuses.get(200, 0) / seconds
+        print(f"dogcat serve: {serve_rate:.0f} photos/s {statuses}", flush=True)
+        _, _, latencies = load(server.url, [photos[0]] * args.latency_requests, 1)
+        serve_p50 = statistics.median(latencies[5:])
+        burst_seconds, burst, _ = load(server.url, photos[: args.burst], args.burst)
+        _, after_status, _ = load(server.url, photos[:10], 1)
+        metrics = urllib.request.urlopen(f"{server.url}/metrics").read().decode()
+        calls = float(metrics.split("\ndogcat_batch_size_count ", 1)[1].split()[0])
+        batched = float(metrics.split("\ndogcat_batch_size_sum ", 1)[1].split()[0])
+    library_p50 = in_process_p50(photos[0], args.runtime, args.latency_requests)
+    print(f"one client: serve p50 {serve_p50 * 1000:.1f} ms, in-process {library_p50 * 1000:.1f} ms", flush=True)
+    print(f"burst of {args.burst}: {burst}; then {after_status}", flush=True)
+
+    lines += [
+        f"{len(paths)} Kaggle photos, {args.clients} concurrent clients, runtime {args.runtime}; the machine is shared "
+        "(other jobs ran beside this one: see the speed probe).",
+        "",
+        "| way in | photos/s | vs `dogcat predict` | vs naive FastAPI |",
+        "|---|---|---|---|",
+        f"| `dogcat predict --csv` (fresh process, start to exit) | {predict_rate:.0f} | 1.00x | |",
+        f"| naive FastAPI (`classify_one` per request, threadpool) | {naive_rate:.0f} | {naive_rate / predict_rate:.2f}x | 1.00x |",
+        f"| `dogcat serve` (dynamic batching) | {serve_rate:.0f} | {serve_rate / predict_rate:.2f}x | "
+        f"{serve_rate / naive_rate:.2f}x |",
+        "",
+        f"- photos per model call in `dogcat serve` over the whole run: {batched / calls:.1f} on average.",
+        f"- one client, one photo ({len(photos[0]) // 1024} KB JPEG), p50 of {args.latency_requests}: `dogcat serve` "
+        f"{serve_p50 * 1000:.1f} ms, in-process `classify_one` {library_p50 * 1000:.1f} ms "
+        f"({serve_p50 / library_p50:.2f}x).",
+        f"- {args.burst} clients at once: {dict(sorted(burst.items()))} (status: count; -1 would be a cut-off "
+        f"connection) in {burst_seconds:.1f} s; then {dict(after_status)} for 10 more requests.",
+    ]
+
+    if args.rss_requests:
+        port = free_port()
+        with Server(serve_command(port, "onnx-int8"), port) as server:
+            idle = server.rss_mb()
+            stream = (photos * (args.rss_requests // len(photos) + 1))[: args.rss_requests]
+            load(server.url, stream[:1000], args.clients)
+            first = server.rss_mb()
+            load(server.url, stream[1000:], args.clients)
+            last = server.rss_mb()
+        print(f"RSS int8: idle {idle:.0f} MB, after 1,000 {first:.0f} MB, after {args.rss_requests} {last:.0f} MB")
+        lines.append(f"- memory, int8 runtime: idle RSS {idle:.0f} MB; {first:.0f} MB after 1,000 requests, "
+                     f"{last:.0f} MB after {args.rss_requests:,} ({last / first:.2f}x).")
+
+    text = "\n".join(lines)
+    print(text)
+    write_section("Serving: dogcat serve vs predict and a naive FastAPI",
+                  f"python benchmarks/serve.py --files {args.files} --clients {args.clients} --runtime {args.runtime} "
+                  f"--rss-requests {args.rss_requests}", text,
+                  packages=("onnxruntime", "fastapi", "uvicorn", "httpx", "numpy"))
+
+
+if __name__ == "__main__":
+    main()
