@@ -118,7 +118,7 @@ def run_dogcat(config, data: Path) -> dict:
         started = time.perf_counter()
         run = train(config, Path(run_dir) / "run", log=lambda line: print("dogcat", line, flush=True), progress=False)
         wall = time.perf_counter() - started
-        fit = json.loads((run / "metrics.json").read_text())
+        fit = json.loads((run / "training.json").read_text())
         metrics = evaluate(Classifier.from_path(run / "dog_cat_classifier.keras", runtime="keras"), data, "test")
     return {"wall": wall, "epoch": fit["train_seconds"] / fit["epochs_run"], "best_epoch": fit["best_epoch"],
             "temperature": (fit["calibration"] or {}).get("temperature"), "accuracy": metrics["accuracy"],

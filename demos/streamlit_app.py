@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import streamlit as st
 
-from dogcat.artifacts import load_model_card
 from dogcat.data import IMAGE_SUFFIXES
 from dogcat.detector import DESCRIPTION
 from dogcat.explain import overlay
-from dogcat.inference import Classifier, Prediction, default_model_path, predict_config_for
+from dogcat.inference import Classifier, Prediction
+from dogcat.model_folder import ModelFolder
 from dogcat.preprocessing import ImageError, load_image
 from dogcat.verdict import NEITHER, TOO_SMALL, UNSURE, VERDICTS, VerdictRules
 
@@ -43,7 +43,7 @@ def load_classifier(model_path: str) -> Classifier:
 
 
 def sidebar(model_path: str) -> tuple[VerdictRules, bool, bool]:
-    settings = predict_config_for(model_path)  # the model's own [predict] settings, saved with its run
+    settings = ModelFolder.resolve(model_path).predict_config()  # the model's own [predict] settings, saved with its run
     with st.sidebar:
         threshold = st.slider(
             "Say \"not sure\" below this confidence", min_value=0.5, max_value=MAX_THRESHOLD,
@@ -57,7 +57,7 @@ def sidebar(model_path: str) -> tuple[VerdictRules, bool, bool]:
 
 
 def about(model_path: str) -> None:
-    card = load_model_card(model_path)
+    card = ModelFolder.resolve(model_path).card()
     with st.expander("About this model"):
         st.markdown("MobileNetV2 (ImageNet) fine-tuned to tell cats from dogs, with Keras 3.")
         test, training = card.get("test"), card.get("training", {})
@@ -144,7 +144,7 @@ def percent(probability: float) -> str:
 def main() -> None:
     st.set_page_config(page_title="dogcat", page_icon=":dog:")
     st.title("Cat, dog, or neither?")
-    model_path = str(default_model_path())
+    model_path = str(ModelFolder.resolve().keras)
     rules, use_camera, explain = sidebar(model_path)
     uploads = collect_uploads(use_camera)
     if not uploads:

@@ -94,24 +94,6 @@ def bundled_file(folder: str, name: str) -> Path | None:
     return None
 
 
-def load_model_card(model_path: str | Path) -> dict:
-    """The measurements `dogcat train` and `dogcat evaluate` left beside a model, if any.
-
-    Returns {"training": {...}, "test": {...}} with whichever of training.json and
-    test_metrics.json exist; apps show these numbers instead of typing them in.
-    """
-    folder = Path(model_path).parent
-    card = {}
-    for key, filename in (("training", "training.json"), ("test", "test_metrics.json")):
-        path = folder / filename
-        if path.is_file():
-            try:
-                card[key] = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue  # a damaged card is not worth failing the app over
-    return card
-
-
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success it is renamed over `path`.

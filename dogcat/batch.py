@@ -33,20 +33,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dogcat.artifacts import (
-    BATCH_RUNTIMES,
-    CHECKSUMS_FILENAME,
-    CLASS_NAMES_FILENAME,
-    DETECTOR_FILENAME,
-    IMAGENET_HEAD_FILENAME,
-    INT8_ONNX_FILENAME,
-    MODEL_FILENAME,
-    ONNX_FILENAME,
-    ArtifactError,
-)
+from dogcat.artifacts import BATCH_RUNTIMES, ArtifactError
 from dogcat.data import IMAGE_SUFFIXES, DataError, expand_paths
-from dogcat.detector import imagenet_head_path
 from dogcat.errors import DogcatError
+from dogcat.model_folder import ModelFolder
 from dogcat.preprocessing import MAX_FILE_BYTES
 
 FILES_PER_BLOCK = 256  # the unit of work Ray schedules, and of one Parquet file (what a resume can skip)
@@ -125,8 +115,6 @@ def run_batch(paths: list[str], out_dir: str, model_path: str | Path | None = No
     """
     import ray
 
-    from dogcat.inference import default_model_path
-
     if runtime not in BATCH_RUNTIMES:
         raise ArtifactError(f"dogcat batch runs ONNX Runtime: runtime must be one of {BATCH_RUNTIMES}. "
                             f"Received: runtime={runtime!r}")
@@ -137,7 +125,7 @@ def run_batch(paths: list[str], out_dir: str, model_path: str | Path | None = No
         raise DataError(f"No images found (JPEG, PNG, WebP, BMP or GIF). Received: paths={paths}")
     if address:
         check_address(address)
-    model_files, image_size, warnings = _model_files(Path(model_path) if model_path else default_model_path(), runtime)
+    model_files, image_size, warnings = _model_files(model_path, runtime)
     for warning in warnings:  # as `dogcat predict` says them, before the job starts
         log(f"dogcat: warning: {warning}")
     # With retry_errors their rows go first: a crash before the job ends leaves them to do, never twice.
@@ -340,7 +328,7 @@ class ClassifyBatch:
         for name, data in model_files.items():
             Path(self._folder.name, name).write_bytes(data)
         # `threads` per call: each actor has its CPU share, and actors sharing a node must not fight over its cores.
-        self.classifier = Classifier.from_path(Path(self._folder.name, MODEL_FILENAME), runtime=runtime,
+        self.classifier = Classifier.from_path(self._folder.name, runtime=runtime,
                                                batch_size=batch_size, threads=threads)
         self.image_size = image_size
         self.node = ray.get_runtime_context().get_node_id()  # in every row: which node scored it
@@ -372,22 +360,15 @@ class ClassifyBatch:
         return pa.table(columns)
 
 
-def _model_files(model_path: Path, runtime: str) -> tuple[dict[str, bytes], int, list[str]]:
+def _model_files(model_path: str | Path | None, runtime: str) -> tuple[dict[str, bytes], int, list[str]]:
     """The files an actor needs, read once on the driver, the model's input size, and the loaded
     classifier's warnings (no detector, no ImageNet head); loaded here first, so a missing or stale
     ONNX twin is one line, not a failed actor."""
     from dogcat.inference import Classifier
 
-    if model_path.is_dir():
-        model_path = model_path / MODEL_FILENAME
-    classifier = Classifier.from_path(model_path, runtime=runtime)
-    names = [MODEL_FILENAME, CLASS_NAMES_FILENAME, ONNX_FILENAME]
-    names += [INT8_ONNX_FILENAME] if runtime == "onnx-int8" else []
-    names += [name for name in (DETECTOR_FILENAME, CHECKSUMS_FILENAME) if model_path.with_name(name).is_file()]
-    files = {name: model_path.with_name(name).read_bytes() for name in names}
-    head = imagenet_head_path(model_path)  # the detector's ImageNet head: beside the model, or the shipped one
-    if head is not None:
-        files[IMAGENET_HEAD_FILENAME] = head.read_bytes()
+    folder = ModelFolder.resolve(model_path)
+    classifier = Classifier.from_path(folder.keras, runtime=runtime)
+    files = {name: path.read_bytes() for name, path in folder.serving_files(runtime).items()}
     return files, classifier.image_size, classifier.warnings
 
 

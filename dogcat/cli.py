@@ -173,7 +173,8 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("model", type=Path, help=".keras file (class_names.pkl beside it)")
     evaluate.add_argument("data", type=Path, help="prepared dataset folder, or a folder of labelled images")
     evaluate.add_argument("--split", default="test", help="split in the manifest (default: test)")
-    evaluate.add_argument("--out", type=Path, help="write metrics.json and confusion_matrix.png here")
+    evaluate.add_argument("--out", type=Path, help="write test_metrics.json and confusion_matrix.png here "
+                          "(the records a model card shows, when DIR is the model's folder)")
     evaluate.add_argument("--runtime", choices=RUNTIMES, help="as for predict")
     evaluate.add_argument("--neither", type=Path, metavar="FOLDER",
                           help="also report the share of this folder's photos (no cat, no dog) called neither")
@@ -302,12 +303,13 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace) -> int:
     from dogcat.config import load_config
+    from dogcat.model_folder import CONFIG_FILENAME
     from dogcat.train import train
 
     run_dir = args.run_dir
     config_path = args.config
-    if config_path is None and run_dir is not None and (run_dir / "config.toml").is_file():
-        config_path = run_dir / "config.toml"  # resuming: the run's own config is the default
+    if config_path is None and run_dir is not None and (run_dir / CONFIG_FILENAME).is_file():
+        config_path = run_dir / CONFIG_FILENAME  # resuming: the run's own config is the default
     config = load_config(config_path, args.overrides)
     try:
         train(config, run_dir)
@@ -320,11 +322,12 @@ def _train(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     from dogcat.config import load_config
+    from dogcat.model_folder import CONFIG_FILENAME
     from dogcat.tune import default_out, tune
 
     config_path = args.config
-    if config_path is None and args.out is not None and (args.out / "config.toml").is_file():
-        config_path = args.out / "config.toml"  # resuming: the search's own base config is the default
+    if config_path is None and args.out is not None and (args.out / CONFIG_FILENAME).is_file():
+        config_path = args.out / CONFIG_FILENAME  # resuming: the search's own base config is the default
     if not (math.isfinite(args.cache_gib) and args.cache_gib >= 0):  # int(nan * 2**30) would raise a traceback
         raise UsageError(f"--cache-gib must be a finite number, 0 or more. Received: cache_gib={args.cache_gib}")
     config = load_config(config_path, args.overrides)
@@ -482,9 +485,10 @@ def _batch(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from dogcat.export import export_int8, export_onnx
-    from dogcat.inference import Classifier, default_model_path
+    from dogcat.inference import Classifier
+    from dogcat.model_folder import ModelFolder
 
-    model = args.model or default_model_path()
+    model = ModelFolder.resolve(args.model).keras
     if args.data is not None and not args.int8:
         raise UsageError(f"--data calibrates the int8 twin: add --int8. Received: data={str(args.data)!r}")
     if args.int8:
@@ -568,16 +572,14 @@ def _space_build(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     import importlib.util
 
-    from dogcat.artifacts import ArtifactError
+    from dogcat.model_folder import ModelFolder
     from dogcat.space import find_gradio_app
 
     app = find_gradio_app()
     import gradio  # noqa: F401  (before the model loads: missing, it is one line naming the gradio extra)
 
     if args.model is not None:
-        if not args.model.exists():
-            raise ArtifactError(f"Model file not found. Received: model={str(args.model)!r}")
-        os.environ["DOGCAT_MODEL"] = str(args.model.resolve())  # the app loads $DOGCAT_MODEL at import
+        os.environ["DOGCAT_MODEL"] = str(ModelFolder.resolve(args.model).keras.resolve())  # the app loads $DOGCAT_MODEL at import
     spec = importlib.util.spec_from_file_location("dogcat_gradio_app", app)
     module = importlib.util.module_from_spec(spec)
     with _stderr_parked():  # Keras's start-up chatter, if the model needs it

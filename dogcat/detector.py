@@ -45,15 +45,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dogcat.artifacts import (
-    DETECTOR_FILENAME,
-    IMAGENET_HEAD_FILENAME,
-    ArtifactError,
-    bundled_file,
-    file_sha256,
-    save_atomic,
-)
+from dogcat.artifacts import IMAGENET_HEAD_FILENAME, ArtifactError, file_sha256, save_atomic
 from dogcat.config import ConfigError, PredictConfig
+from dogcat.model_folder import ModelFolder
 from dogcat.verdict import CAT, DOG, LooksLike
 
 DETECTOR_FORMAT = 3  # 3: the ImageNet gate and the head's sha256 in the header
@@ -161,12 +155,6 @@ class ImageNetHead:
             raise ArtifactError(f"Not a dogcat ImageNet head file (unexpected contents). Received: path={str(path)!r}")
         weights = (kernel.astype(np.float32) - zero) * scale
         return cls(weights, (bias * bias_scale).astype(np.float32), names, file_sha256(path))
-
-
-def imagenet_head_path(model_path: str | Path) -> Path | None:
-    """The head beside the model (a model folder that travels whole: a Space, a Ray actor), else the shipped one."""
-    beside = Path(model_path).with_name(IMAGENET_HEAD_FILENAME)
-    return beside if beside.is_file() else bundled_file("models", IMAGENET_HEAD_FILENAME)
 
 
 @dataclass
@@ -379,8 +367,8 @@ def detector_for(model_path: str | Path, expected: tuple[tuple[str, int], ...] =
                  ) -> tuple[Detector | None, str | None]:
     """(the detector beside `model_path`, with its ImageNet head attached, and None) or, where
     something is missing, what can still be used and a one-line warning saying why not all."""
-    model_path = Path(model_path)
-    path = model_path.with_name(DETECTOR_FILENAME)
+    model_path, folder = Path(model_path), ModelFolder(Path(model_path))
+    path = folder.detector
     refit = f"run `dogcat detector fit {model_path} DATA_DIR`"
     if not path.is_file():
         return None, f"no {path} beside the model, so no 'neither' verdicts ({refit})"
@@ -401,9 +389,9 @@ def detector_for(model_path: str | Path, expected: tuple[tuple[str, int], ...] =
             why = (f"found the model's features read ImageNet classes on only {agreement:.0%} of validation photos "
                    f"(under {MIN_IMAGENET_AGREEMENT:.0%}: its features have moved too far from ImageNet's)")
         return detector, f"{path} {why}, so 'neither' is judged on feature distance alone and real pets unlike the training photos may be turned away"
-    head_path = imagenet_head_path(model_path)
+    head_path = folder.imagenet_head
     try:
-        head = ImageNetHead.load(head_path if head_path is not None else model_path.with_name(IMAGENET_HEAD_FILENAME))
+        head = ImageNetHead.load(head_path if head_path is not None else folder.beside(IMAGENET_HEAD_FILENAME))
     except ArtifactError as error:
         return detector, f"{error}; 'neither' is judged on feature distance alone, with no 'looks like' ({refit})"
     if head.sha256 != detector.imagenet_sha256:

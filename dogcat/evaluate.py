@@ -10,6 +10,7 @@ from dogcat.artifacts import save_atomic, strict_json, write_text_atomic
 from dogcat.data import DataError, read_split
 from dogcat.inference import Classifier
 from dogcat.metrics import classification_metrics
+from dogcat.model_folder import CONFUSION_MATRIX_FILENAME, TEST_RECORD_FILENAME
 from dogcat.verdict import NEITHER, TOO_SMALL, VERDICTS
 
 
@@ -19,7 +20,8 @@ def evaluate(classifier: Classifier, data_dir: str | Path, split: str = "test", 
 
     Unreadable files are listed under "skipped" and left out of the metrics. With `neither_dir`
     (a folder of photos with no cat and no dog), also the share of them called "neither". With
-    `out_dir`, writes `metrics.json` and `confusion_matrix.png` there.
+    `out_dir`, writes `test_metrics.json` and `confusion_matrix.png` there: the model card's records
+    when `out_dir` is the model's folder.
     """
     data = read_split(data_dir, split)
     try:
@@ -31,8 +33,8 @@ def evaluate(classifier: Classifier, data_dir: str | Path, split: str = "test", 
         metrics["neither_folder"] = score_neither_folder(classifier, neither_dir)
     if out_dir is not None:
         out_dir = Path(out_dir)
-        write_text_atomic(out_dir / "metrics.json", strict_json(metrics, indent=2) + "\n")
-        plot_confusion_matrix(metrics, out_dir / "confusion_matrix.png")
+        write_text_atomic(out_dir / TEST_RECORD_FILENAME, strict_json(metrics, indent=2) + "\n")
+        plot_confusion_matrix(metrics, out_dir / CONFUSION_MATRIX_FILENAME)
     return metrics
 
 

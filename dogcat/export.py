@@ -30,16 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from dogcat.artifacts import (
-    CLASS_NAMES_FILENAME,
-    DETECTOR_FILENAME,
-    INT8_ONNX_FILENAME,
-    ONNX_FILENAME,
     ArtifactError,
     file_sha256,
     load_class_names,
     record_checksum,
     save_atomic,
 )
+from dogcat.model_folder import ModelFolder
 
 CALIBRATION_PHOTOS = 200  # more moved no measured number (400 and 800 were tried); quantizing takes ~10 s
 CALIBRATION_BATCH = 20
@@ -51,8 +48,8 @@ def export_onnx(model_path: str | Path, out_path: str | Path | None = None) -> P
     from dogcat.onnx_graph import classifier_to_onnx
 
     model_path = Path(model_path)
-    out_path = Path(out_path) if out_path is not None else model_path.with_name(ONNX_FILENAME)
-    class_names = load_class_names(model_path.with_name(CLASS_NAMES_FILENAME))
+    out_path = Path(out_path) if out_path is not None else ModelFolder(model_path).onnx()
+    class_names = load_class_names(ModelFolder(model_path).class_names)
     model = load_model(model_path)
     proto = classifier_to_onnx(model)
     metadata = {
@@ -83,7 +80,7 @@ def export_int8(model_path: str | Path, data_dir: str | Path, out_path: str | Pa
     from dogcat.inference import OnnxRunner, onnx_runner_for
 
     model_path = Path(model_path)
-    out_path = Path(out_path) if out_path is not None else model_path.with_name(INT8_ONNX_FILENAME)
+    out_path = Path(out_path) if out_path is not None else ModelFolder(model_path).onnx(int8=True)
     if calibration_photos < CALIBRATION_BATCH:
         raise ArtifactError(f"calibration_photos must be at least {CALIBRATION_BATCH}. "
                             f"Received: calibration_photos={calibration_photos}")
@@ -94,7 +91,7 @@ def export_int8(model_path: str | Path, data_dir: str | Path, out_path: str | Pa
         if not isinstance(float_twin, OnnxRunner):
             raise ArtifactError(f"Cannot quantize: {float_twin}. Received: model_path={str(model_path)!r}")
     photos = _calibration_photos(read_split(data_dir, "train").paths, calibration_photos, seed, float_twin.image_size)
-    float_path = model_path.with_name(ONNX_FILENAME)
+    float_path = ModelFolder(model_path).onnx()
     with tempfile.TemporaryDirectory(prefix="dogcat-int8-") as scratch:
         prepared = Path(scratch) / "prepared.onnx"
         # Folds BatchNorm into the convolutions and infers shapes, as ONNX Runtime's guide asks.
@@ -174,7 +171,6 @@ def fit_detector_beside(model_path: str | Path, data_dir: str | Path, turn_away:
         MIN_IMAGENET_AGREEMENT,
         ImageNetHead,
         fit_detector,
-        imagenet_head_path,
     )
     from dogcat.inference import Classifier
 
@@ -195,7 +191,7 @@ def fit_detector_beside(model_path: str | Path, data_dir: str | Path, turn_away:
         labels[split] = np.asarray(data.labels)[read]
         if split == "val":
             val_paths = [data.paths[i] for i in read]
-    head_path, head, agreement = imagenet_head_path(model_path), None, None
+    head_path, head, agreement = ModelFolder(model_path).imagenet_head, None, None
     if head_path is None:
         log("detector: no imagenet_head.npz shipped or beside the model: 'neither' on feature distance alone")
     else:
@@ -206,7 +202,7 @@ def fit_detector_beside(model_path: str | Path, data_dir: str | Path, turn_away:
             agreement = float(np.mean((top5 == head.logits(features["val"]).argmax(axis=1)[:, None]).any(axis=1)))
     detector = fit_detector(features["train"], labels["train"], features["val"], file_sha256(model_path),
                             FEATURE_BLOCKS, turn_away, head, agreement)
-    path = model_path.with_name(DETECTOR_FILENAME)
+    path = ModelFolder(model_path).detector
     detector.save(path)
     imagenet = ("not measured, head not used" if agreement is None else
                 f"top class in the frozen network's top 5 on {agreement:.1%} of val, "

@@ -28,35 +28,20 @@ from pathlib import Path
 import numpy as np
 
 from dogcat.artifacts import (
-    CLASS_NAMES_FILENAME,
-    INT8_ONNX_FILENAME,
-    MODEL_FILENAME,
-    ONNX_FILENAME,
     RUNTIMES,
     ArtifactError,
-    bundled_file,
     checksum_problem,
     file_sha256,
     interrupt_requested,
     load_class_names,
 )
-from dogcat.config import ConfigError, PredictConfig, load_config
 from dogcat.detector import Detector, detector_for
 from dogcat.explain import FEATURE_MAP, LOGIT_GRADIENTS, grad_cam, logit_gradients
+from dogcat.model_folder import ModelFolder
 from dogcat.preprocessing import ImageError, ImageSource, decode_image_with_size, to_model_input
 from dogcat.verdict import Prediction, VerdictRules, decide, describe
 
-__all__ = ["Classifier", "Prediction", "default_model_path"]  # Prediction lives in dogcat.verdict, kept importable here
-
-
-def default_model_path() -> Path:
-    """$DOGCAT_MODEL, else the shipped model (inside the wheel, or models/ in a source checkout)."""
-    if os.environ.get("DOGCAT_MODEL"):
-        return Path(os.environ["DOGCAT_MODEL"])
-    shipped = bundled_file("models", MODEL_FILENAME)
-    if shipped is None:
-        raise ArtifactError(f"No model given and no shipped {MODEL_FILENAME} found; pass a model path.")
-    return shipped
+__all__ = ["Classifier", "Prediction"]  # Prediction lives in dogcat.verdict, kept importable here
 
 
 # int8 flips labels only near the boundary: a photo whose int8 top probability is under this is
@@ -170,8 +155,8 @@ class OnnxRunner:
 def onnx_runner_for(model_path: Path, int8: bool = False, threads: int = 1) -> OnnxRunner | str:
     """The ONNX runner for `model_path`'s exported twin (the int8 one with `int8`), with `threads`
     intra-op threads per call, or why there is none."""
-    filename = INT8_ONNX_FILENAME if int8 else ONNX_FILENAME
-    onnx_path = model_path.with_name(filename)
+    onnx_path = ModelFolder(Path(model_path)).onnx(int8)
+    filename = onnx_path.name
     if not onnx_path.is_file():
         command = f"dogcat export --int8 {model_path} --data DATA_DIR" if int8 else f"dogcat export {model_path}"
         return f"no {filename} beside the model (run `{command}`)"
@@ -252,18 +237,15 @@ class Classifier:
         `runtime`: "auto" (ONNX if a matching export exists, else Keras), "keras", "onnx" or
         "onnx-int8" (the int8 twin, for bulk work); default $DOGCAT_RUNTIME, else "auto".
         The verdict rules and the batch size are the model's `[predict]` settings, from the
-        `config.toml` its run saved beside it (`predict_config_for`); `batch_size` overrides.
+        `config.toml` its run saved beside it (`ModelFolder.predict_config`); `batch_size` overrides.
         `threads`: ONNX Runtime's threads per call (`OnnxRunner`); Keras chooses its own.
         """
         runtime = runtime or os.environ.get("DOGCAT_RUNTIME") or "auto"
         if runtime not in RUNTIMES:
             raise ArtifactError(f"runtime must be one of {RUNTIMES}. Received: runtime={runtime!r}")
-        model_path = Path(model_path) if model_path is not None else default_model_path()
-        if model_path.is_dir():
-            model_path = model_path / MODEL_FILENAME
-        if not model_path.is_file():  # first: a mistyped --model must be named, not the class names beside it
-            raise ArtifactError(f"Model file not found. Received: model_path={str(model_path)!r}")
-        class_names_path = Path(class_names_path) if class_names_path else model_path.with_name(CLASS_NAMES_FILENAME)
+        folder = ModelFolder.resolve(model_path)  # first: a mistyped --model must be named, not the class names beside it
+        model_path = folder.keras
+        class_names_path = Path(class_names_path) if class_names_path else folder.class_names
         class_names = load_class_names(class_names_path)  # before the model: cheap, and refuses bad files early
         runner, runtime_warning = None, None
         if runtime != "keras":
@@ -272,7 +254,7 @@ class Classifier:
                 runner = onnx
             elif runtime != "auto":
                 raise ArtifactError(f"Cannot use the {runtime} runtime: {onnx}. Received: runtime={runtime!r}")
-            elif model_path.with_name(ONNX_FILENAME).is_file():  # stale or damaged: say why it is slower
+            elif folder.onnx().is_file():  # stale or damaged: say why it is slower
                 runtime_warning = f"{onnx}; using Keras instead, which is slower to start and to run"
         if runner is None:
             from dogcat.model import load_model
@@ -281,10 +263,10 @@ class Classifier:
         detector, warning = detector_for(model_path)
         if detector is not None and not runner.has_features:
             detector = None
-            warning = (f"{model_path.with_name(ONNX_FILENAME)} has no features output, so no 'neither' verdicts "
+            warning = (f"{folder.onnx()} has no features output, so no 'neither' verdicts "
                        f"(run `dogcat export {model_path}` again)")
         config_warnings: list[str] = []
-        settings = predict_config_for(model_path, config_warnings)
+        settings = folder.predict_config(config_warnings)
         classifier = cls(runner, class_names, batch_size or settings.batch_size, detector, VerdictRules.from_config(settings))
         classifier.verdict_warning = warning
         classifier.runtime_warning = runtime_warning
@@ -439,23 +421,6 @@ def default_workers(runner) -> int:
         return 2
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(2, cores // max(1, runner.threads))
-
-
-def predict_config_for(model_path: str | Path, warnings: list[str] | None = None) -> PredictConfig:
-    """The `[predict]` settings saved with the model's run (`config.toml` beside it), else the defaults.
-
-    A damaged or foreign config.toml is not a reason to refuse predictions: the defaults serve,
-    and `warnings`, if given, receives why (a value out of range must not pass unnoticed).
-    """
-    path = Path(model_path).with_name("config.toml")
-    if not path.is_file():
-        return PredictConfig()
-    try:
-        return load_config(path).predict
-    except (ConfigError, OSError) as error:
-        if warnings is not None:
-            warnings.append(f"{path.name} beside the model is not used ({error}); the default [predict] settings serve")
-        return PredictConfig()
 
 
 def decode_sources(sources: Sequence[ImageSource], names: Sequence[str], image_size: int) -> list[tuple[np.ndarray, tuple[int, int]] | str]:

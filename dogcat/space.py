@@ -43,7 +43,6 @@ from typing import Any
 
 from dogcat import __version__
 from dogcat.artifacts import (
-    CHECKSUMS_FILENAME,
     CLASS_NAMES_FILENAME,
     DETECTOR_FILENAME,
     IMAGENET_HEAD_FILENAME,
@@ -51,22 +50,18 @@ from dogcat.artifacts import (
     ONNX_FILENAME,
     bundled_file,
     load_class_names,
-    load_model_card,
     write_text_atomic,
 )
 from dogcat.config import Config, ConfigError, load_config
-from dogcat.detector import DESCRIPTION, imagenet_head_path
+from dogcat.detector import DESCRIPTION
 from dogcat.errors import DogcatError
 from dogcat.inference import OnnxRunner, onnx_runner_for
+from dogcat.model_folder import ModelFolder
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 APP_FILENAME = "gradio_app.py"
 # Folders a wheel carries inside the package (see dogcat.artifacts.bundled_file): not vendored.
 NOT_VENDORED = ("__pycache__", "*.pyc", "_models", "_demos")
-
-# Files copied from beside the model when present: the card is built from them.
-MODEL_SIDE_FILES = ("dog_cat_classifier.onnx", DETECTOR_FILENAME, CHECKSUMS_FILENAME, "test_metrics.json", "training.json",
-                    "config.toml", "confusion_matrix.png")
 # What the Space installs, pinned to the versions installed (and tested) here.
 # tensorflow-cpu: a Space has no GPU, and the CPU wheel is a fraction of the size.
 # A model with a matching ONNX twin (`dogcat export`) is served by ONNX Runtime, which needs
@@ -143,8 +138,9 @@ def build_space(out_dir: str | Path, model_path: str | Path | None = None) -> Pa
     `class_names.pkl` must be beside it, and the metrics files found there go into the card.
     """
     out = Path(out_dir).resolve()
-    model = _resolve_model(model_path)
-    class_names = load_class_names(model.with_name(CLASS_NAMES_FILENAME))  # refuses a bad file early
+    folder = ModelFolder(ModelFolder.resolve(model_path).keras.resolve())
+    model = folder.keras
+    class_names = load_class_names(folder.class_names)  # refuses a bad file early
     if out == PACKAGE_DIR.parent or out in PACKAGE_DIR.parents or out == PACKAGE_DIR or PACKAGE_DIR in out.parents:
         raise SpaceError(f"Refusing to build a Space over the dogcat source tree. Received: out_dir={str(out)!r}")
     if model.parent.resolve() == out / "models":
@@ -174,14 +170,8 @@ def build_space(out_dir: str | Path, model_path: str | Path | None = None) -> Pa
             shutil.copytree(examples, staging / "examples")
         models = staging / "models"
         models.mkdir()
-        shutil.copy2(model, models / MODEL_FILENAME)
-        shutil.copy2(model.with_name(CLASS_NAMES_FILENAME), models / CLASS_NAMES_FILENAME)
-        for name in MODEL_SIDE_FILES:
-            if model.with_name(name).is_file():
-                shutil.copy2(model.with_name(name), models / name)
-        head = imagenet_head_path(model)  # the detector reads it: beside the model, or the shipped one
-        if (models / DETECTOR_FILENAME).is_file() and head is not None:
-            shutil.copy2(head, models / IMAGENET_HEAD_FILENAME)
+        for name, path in (folder.serving_files() | folder.card_files()).items():  # the card reads the records
+            shutil.copy2(path, models / name)
         (staging / "requirements.txt").write_text("\n".join(requirements) + "\n", encoding="utf-8")
         (staging / "README.md").write_text(space_readme(models, class_names, requirements, serves_onnx), encoding="utf-8")
         written = sorted(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())
@@ -292,20 +282,6 @@ def _remove_empty_folders(out: Path, removed: list[str]) -> None:
             folder.rmdir()
 
 
-def _resolve_model(model_path: str | Path | None) -> Path:
-    if model_path is None:
-        from dogcat.inference import default_model_path  # imports Keras: only when needed
-
-        model = default_model_path()
-    else:
-        model = Path(model_path)
-    if model.is_dir():
-        model = model / MODEL_FILENAME
-    if not model.is_file():
-        raise SpaceError(f"Model file not found. Received: model={str(model)!r}")
-    return model.resolve()
-
-
 def _ensure_lfs_rules(path: Path) -> None:
     """Add Git LFS rules for the binary files (a Hub push refuses large or binary files outside LFS)."""
     text = path.read_text(encoding="utf-8") if path.is_file() else ""
@@ -341,9 +317,9 @@ def space_readme(models: Path, class_names: dict[int, str], requirements: list[s
     order = ("title", "emoji", "colorFrom", "colorTo", "sdk", "sdk_version", "app_file",
              "python_version", "license", "short_description", "pinned")
     lines = ["---", *(f"{key}: {_yaml_scalar(front[key])}" for key in order), "---", ""]
-    card = load_model_card(models / MODEL_FILENAME)
+    card = ModelFolder(models / MODEL_FILENAME).card()
     metrics, training = card.get("test"), card.get("training")
-    config = _run_config(models / "config.toml")
+    config = _run_config(ModelFolder(models / MODEL_FILENAME).config)
     names = ", ".join(f"{index}: {name}" for index, name in sorted(class_names.items()))
     size_mb = (models / MODEL_FILENAME).stat().st_size / 1e6
 

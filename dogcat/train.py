@@ -15,7 +15,7 @@ are restored, a softmax temperature fitted on the validation split is folded int
 (`train.calibrate`, dogcat.calibration), and the run folder holds `dog_cat_classifier.keras`, `class_names.pkl`,
 its ONNX twin `dog_cat_classifier.onnx`, the "neither" detector `dog_cat_detector.npz` (fitted on the
 training and validation photos, dogcat.detector), `config.toml` (the resolved config),
-`history.csv`, `metrics.json` and `training_curves.png`.
+`history.csv`, `training.json` (the record model cards show) and `training_curves.png`.
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ from dogcat.errors import DogcatError
 from dogcat.export import export_onnx, fit_detector_beside
 from dogcat.features import CachedViews, cache_activations, split_model, trunk_function, view_keys
 from dogcat.model import build_model, set_fine_tuning
+from dogcat.model_folder import CONFIG_FILENAME, TRAINING_RECORD_FILENAME
 
 CHECKPOINT_FILENAME = "checkpoint.weights.h5"
 OPTIMIZER_FILENAME = "optimizer.npz"
@@ -81,7 +82,7 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
     state_path = run_dir / "state.json"
     state = json.loads(state_path.read_text()) if state_path.is_file() else None
     if state is not None:
-        saved = load_config(run_dir / "config.toml")
+        saved = load_config(run_dir / CONFIG_FILENAME)
         if saved != config:
             raise TrainError(
                 f"{run_dir} holds a run with a different config; resume it without overrides or pick a new "
@@ -91,7 +92,7 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
             raise TrainError(f"This run has already finished. Received: run_dir={str(run_dir)!r}")
         log(f"resuming {run_dir} after epoch {state['epoch']}")
     else:
-        write_text_atomic(run_dir / "config.toml", config.to_toml())  # creates run_dir; an OSError names the file
+        write_text_atomic(run_dir / CONFIG_FILENAME, config.to_toml())  # creates run_dir; an OSError names the file
         state = {"epoch": 0, "phase": None, "best_val_loss": None, "best_epoch": None, "wait": 0, "finished": False}
 
     tc, size = config.train, config.data.image_size
@@ -183,7 +184,7 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
         "keras_version": keras.__version__,
         "backend": keras.backend.backend(),
     }
-    write_text_atomic(run_dir / "metrics.json", strict_json(metrics, indent=2) + "\n")
+    write_text_atomic(run_dir / TRAINING_RECORD_FILENAME, strict_json(metrics, indent=2) + "\n")
     _plot_history(history, run_dir / "training_curves.png")
     state["finished"] = True
     write_text_atomic(state_path, json.dumps(state, indent=2))

@@ -4,14 +4,14 @@ The architecture stays the seed's (MobileNetV2 at 224, its head, flip + rotation
 at the top of the network); SPACE below is what the seed leaves open. Each trial is one
 `dogcat.train.train` run on the cached trunk activations, without the ONNX twin and the
 "neither" detector (`deployable=False`: a trial is scored, never served), and its score is the
-validation log loss after temperature calibration (metrics.json's `calibration.val_loss_after`;
+validation log loss after temperature calibration (training.json's `calibration.val_loss_after`;
 the best epoch's `val_loss` when `train.calibrate` is off), the loss of the model a run ships.
 Trials in one process share the trunk activations they cache (ACTIVATION_MEMO_BYTES).
 
 The search folder holds `study.db` (the Optuna study, SQLite), `config.toml` (the base config,
 resolved), `trials.csv` (one row per finished trial), `best.toml` (the best trial's complete
 config, which `dogcat train --config` takes as it is) and `trials/NNNN/`, each trial's run folder
-(its `config.toml`, `history.csv`, `metrics.json`; the weights are deleted once it is scored: the
+(its `config.toml`, `history.csv`, `training.json`; the weights are deleted once it is scored: the
 winner is retrained, across seeds, before it is adopted).
 
 Resuming: running the same search folder again loads the study and runs only the trials still
@@ -45,6 +45,7 @@ import numpy as np
 from dogcat.artifacts import MODEL_FILENAME, write_text_atomic
 from dogcat.config import Config, load_config, validate_config
 from dogcat.errors import DogcatError
+from dogcat.model_folder import CONFIG_FILENAME, TRAINING_RECORD_FILENAME
 
 STUDY_NAME = "dogcat-tune"
 TRIAL_FIELDS = ("number", "state", "val_loss", "val_accuracy", "seconds")
@@ -151,7 +152,7 @@ def tune(
     if not 0 <= seed <= 2**31 - 2:  # train.seed's range
         raise TuneError(f"The sampler seed must be in [0, 2**31 - 2]. Received: seed={seed}")
     out = Path(out) if out is not None else default_out(config)
-    base_path = out / "config.toml"
+    base_path = out / CONFIG_FILENAME
     if base_path.is_file():
         if load_config(base_path) != config:
             raise TuneError(f"{out} holds a search from a different base config; resume it without --config "
@@ -237,7 +238,7 @@ class _Objective:
         except KeyboardInterrupt:
             trial.set_user_attr("interrupted", True)
             raise
-        metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
+        metrics = json.loads((run_dir / TRAINING_RECORD_FILENAME).read_text(encoding="utf-8"))
         calibration = metrics.get("calibration")
         val_loss = calibration["val_loss_after"] if calibration else metrics["val_loss"]
         trial.set_user_attr("val_accuracy", metrics["val_accuracy"])

@@ -110,7 +110,7 @@ MUTATIONS = [
     ),
     Mutation(
         "a model's saved [predict] settings ignored", "dogcat/inference.py",
-        "        settings = predict_config_for(model_path)\n",
+        "        settings = folder.predict_config()\n",
         "        settings = PredictConfig()\n",
         ("tests/test_verdict.py::test_the_models_saved_predict_settings_drive_its_verdicts",),
     ),

@@ -95,7 +95,7 @@ def test_a_malicious_class_names_file_stops_predict_with_one_line(tmp_path, tiny
 def test_evaluate_writes_metrics_and_confusion_matrix(tmp_path, tiny_dataset, tiny_model_dir, capsys):
     code = main(["evaluate", str(tiny_model_dir / "dog_cat_classifier.keras"), str(tiny_dataset), "--out", str(tmp_path)])
     out = capsys.readouterr().out
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "test_metrics.json").read_text())
     assert code == 0
     assert metrics["count"] == 2
     assert metrics["split"] == "test"

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from dogcat.artifacts import CLASS_NAMES, load_class_names
-from dogcat.inference import Classifier, default_model_path
+from dogcat.inference import Classifier
+from dogcat.model_folder import ModelFolder
 from tests.conftest import REPO
 
 SHIPPED = REPO / "models"
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.skipif(not (SHIPPED / "dog_cat_classifier.keras").is_fi
 
 
 def test_shipped_model_is_the_default_and_loads_safely():
-    assert default_model_path() == SHIPPED / "dog_cat_classifier.keras"
+    assert ModelFolder.resolve().keras == SHIPPED / "dog_cat_classifier.keras"
     assert load_class_names(SHIPPED / "class_names.pkl") == CLASS_NAMES == {0: "cat", 1: "dog"}
     classifier = Classifier.from_path()
     assert classifier.image_size == 224

@@ -32,7 +32,7 @@ def test_training_writes_a_complete_run_folder(tmp_path, tiny_dataset, views):
     lines = []
     run = train(config, tmp_path / "run", log=lines.append, progress=False)
     assert {p.name for p in run.iterdir()} == {
-        "dog_cat_classifier.keras", "class_names.pkl", "config.toml", "history.csv", "metrics.json",
+        "dog_cat_classifier.keras", "class_names.pkl", "config.toml", "history.csv", "training.json",
         "training_curves.png", "best.weights.h5", "state.json", "dog_cat_classifier.onnx", "dog_cat_detector.npz",
         "SHA256SUMS",
     }
@@ -46,7 +46,7 @@ def test_training_writes_a_complete_run_folder(tmp_path, tiny_dataset, views):
     with (run / "history.csv").open() as handle:
         history = list(csv.DictReader(handle))
     assert [(row["epoch"], row["phase"]) for row in history] == [("1", "head"), ("2", "fine_tune")]
-    metrics = json.loads((run / "metrics.json").read_text())
+    metrics = json.loads((run / "training.json").read_text())
     assert metrics["epochs_run"] == 2
     assert metrics["data_manifest_sha256"]
     assert metrics["views"] == views
@@ -62,7 +62,7 @@ def test_saved_model_predicts_exactly_like_the_best_weights(tmp_path, tiny_datas
     images = preprocess(read_split(tiny_dataset, "train").paths, TINY_SIZE)
     served = Classifier.from_path(run / "dog_cat_classifier.keras", runtime="keras").predict_batch(images)
     np.testing.assert_array_equal(served, reference.predict_on_batch(images))
-    assert json.loads((run / "metrics.json").read_text())["calibration"] is None
+    assert json.loads((run / "training.json").read_text())["calibration"] is None
 
 
 @pytest.mark.parametrize("views", [0, 2])
@@ -74,7 +74,7 @@ def test_saved_model_is_the_best_weights_with_the_recorded_temperature(tmp_path,
     monkeypatch.setattr("dogcat.train.fit_temperature", lambda logits, labels: 2.5)
     config = _config(tiny_dataset, f"train.views={views}", f'model.weights="{varied_base_weights}"')
     run = train(config, tmp_path / "run", log=lambda _: None, progress=False)
-    calibration = json.loads((run / "metrics.json").read_text())["calibration"]
+    calibration = json.loads((run / "training.json").read_text())["calibration"]
     assert calibration["temperature"] == 2.5
     reference = build_model(config.model, TINY_SIZE)
     reference.load_weights(run / "best.weights.h5")
@@ -166,7 +166,7 @@ def test_early_stopping_ends_a_run_that_stopped_improving(tmp_path, tiny_dataset
                      "train.early_stopping_patience=2")
     lines = []
     run = train(config, tmp_path / "run", log=lines.append, progress=False)
-    assert json.loads((run / "metrics.json").read_text())["epochs_run"] == 3
+    assert json.loads((run / "training.json").read_text())["epochs_run"] == 3
     assert any(line.startswith("early stopping") for line in lines)
 
 

@@ -54,7 +54,7 @@ def fake_train(monkeypatch):
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "config.toml").write_text(config.to_toml())
             loss = abs(math.log10(config.train.learning_rate) + 3) + config.train.views / 100
-            (run_dir / "metrics.json").write_text(json.dumps({"val_loss": loss, "val_accuracy": 0.9, "calibration": None}))
+            (run_dir / "training.json").write_text(json.dumps({"val_loss": loss, "val_accuracy": 0.9, "calibration": None}))
             (run_dir / "state.json").write_text(json.dumps({"finished": True}))
             return run_dir
 
@@ -76,7 +76,7 @@ def test_search_writes_one_row_per_trial_and_a_best_config_that_trains(tmp_path,
     assert trial_config(base, study.trials[0].params) == base
     for row, trial in zip(rows, study.trials, strict=True):
         run = out / row["run_dir"]
-        metrics = json.loads((run / "metrics.json").read_text())
+        metrics = json.loads((run / "training.json").read_text())
         assert float(row["val_loss"]) == pytest.approx(metrics["calibration"]["val_loss_after"])
         assert float(row["val_accuracy"]) == metrics["val_accuracy"]
         assert float(row["seconds"]) > 0

@@ -350,7 +350,7 @@ def test_evaluate_reports_turned_away_and_the_neither_folder(tiny_model_dir, tin
     out = capsys.readouterr().out
     assert "turned away" in out
     assert "neither folder" in out
-    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    metrics = json.loads((tmp_path / "eval" / "test_metrics.json").read_text())
     assert sum(metrics["verdicts"].values()) == metrics["count"] == 2
     assert metrics["neither_folder"]["count"] == 3
     assert set(metrics["neither_folder"]["categories"]) == {"noise"}
@@ -410,11 +410,11 @@ def test_a_different_imagenet_head_is_refused_by_its_hash_with_one_warning(tmp_p
 
 @needs_shipped
 def test_a_missing_imagenet_head_means_distance_alone_and_one_warning(tmp_path, monkeypatch):
-    import dogcat.detector
+    import dogcat.model_folder
 
     folder, model = _model_folder_copy(tmp_path)
     (folder / IMAGENET_HEAD_FILENAME).unlink()
-    monkeypatch.setattr(dogcat.detector, "bundled_file", lambda *_: None)  # no shipped one either
+    monkeypatch.setattr(dogcat.model_folder, "bundled_file", lambda *_: None)  # no shipped one either
     classifier = Classifier.from_path(model)
     assert classifier.detector.head is None
     assert classifier.verdict_warning.startswith(f"ImageNet head file not found. Received: path='{folder / IMAGENET_HEAD_FILENAME}'")
