@@ -38,19 +38,23 @@ class ModelFolder:
     keras: Path
 
     @classmethod
-    def resolve(cls, path: str | Path | None = None) -> ModelFolder:
+    def locate(cls, path: str | Path | None = None) -> ModelFolder:
         """`path` (a .keras file, or the folder holding one), else $DOGCAT_MODEL, else the shipped model
-        (inside the wheel, or models/ in a source checkout); an ArtifactError when it is not there."""
+        (inside the wheel, or models/ in a source checkout), whether or not the file is there."""
         if path is None:
             path = os.environ.get("DOGCAT_MODEL") or bundled_file("models", MODEL_FILENAME)
             if path is None:
                 raise ArtifactError(f"No model given and no shipped {MODEL_FILENAME} found; pass a model path.")
         path = Path(path)
-        if path.is_dir():
-            path = path / MODEL_FILENAME
-        if not path.is_file():
-            raise ArtifactError(f"Model file not found. Received: model_path={str(path)!r}")
-        return cls(path)
+        return cls(path / MODEL_FILENAME if path.is_dir() else path)
+
+    @classmethod
+    def resolve(cls, path: str | Path | None = None) -> ModelFolder:
+        """`locate`, and an ArtifactError naming the file when it is not there."""
+        folder = cls.locate(path)
+        if not folder.keras.is_file():
+            raise ArtifactError(f"Model file not found. Received: model_path={str(folder.keras)!r}")
+        return folder
 
     def beside(self, name: str) -> Path:
         return self.keras.with_name(name)

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from dogcat.artifacts import MODEL_FILENAME, file_sha256
+from dogcat.artifacts import file_sha256
 from dogcat.errors import DogcatError, UsageError
 from dogcat.preprocessing import (
     MAX_FILE_BYTES,
@@ -441,10 +441,9 @@ def read_token(token_file: str | Path | None = None) -> str | None:
 
 def model_file(model: str | Path | None) -> Path:
     """The .keras file `Classifier.from_path(model)` loads (its sha256 is in /v1/model)."""
-    from dogcat.inference import default_model_path
+    from dogcat.model_folder import ModelFolder
 
-    path = Path(model) if model is not None else default_model_path()
-    return path / MODEL_FILENAME if path.is_dir() else path
+    return ModelFolder.locate(model).keras
 
 
 def create_app(model: str | Path | None = None, runtime: str | None = None, *, classifier=None,
