@@ -532,6 +532,16 @@ MUTATIONS = [
         "                self._captured_signals.remove(sig)", "                pass",
         ("tests/test_serve.py::test_sigterm_drains_the_requests_in_flight_then_exits_0",),
     ),
+    Mutation(
+        "a copy of the model folder leaves its config.toml behind", "dogcat/model_folder.py",
+        "                 CONFIG_FILENAME, *([INT8_ONNX_FILENAME]", "                 *([INT8_ONNX_FILENAME]",
+        ("tests/test_model_folder.py",),
+    ),
+    Mutation(
+        "evaluate --out writes a record no card reads", "dogcat/evaluate.py",
+        "out_dir / TEST_RECORD_FILENAME", "out_dir / \"metrics.json\"",
+        ("tests/test_model_folder.py::test_evaluate_out_into_the_model_folder_is_what_its_card_shows",),
+    ),
 ]
 
 
