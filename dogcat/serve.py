@@ -328,6 +328,9 @@ class Engine:
 
     async def classify(self, name: str, data: bytes, explain: bool) -> dict:
         """One photo's row; raises ImageError where it cannot be read (the caller decides the answer)."""
+        if explain and not self.classifier.can_explain:
+            raise ApiError(422, "invalid_parameters", "This model cannot explain its predictions (an ONNX twin "
+                           "exported before explanations: run `dogcat export` again). Received: explain=true")
         loop = asyncio.get_running_loop()
         decoded = await loop.run_in_executor(self._decoder, _decode, data, self.classifier.image_size)
         prediction = await self._submit(Job(name, decoded, explain))

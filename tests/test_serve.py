@@ -135,6 +135,15 @@ def test_every_refused_upload_has_its_status_and_stable_code(client):
     assert client.app.state.engine.waiting == 0, "every refused request gave its place in the queue back"
 
 
+def test_explain_on_a_model_that_cannot_is_422_not_a_server_error(client, classifier, monkeypatch):
+    monkeypatch.setattr(classifier.runner, "can_explain", False)
+    response = client.post("/v1/classify?explain=true", content=PHOTOS["cat-chelsea.jpg"])
+    assert "dogcat export" in _error(response, 422, "invalid_parameters")
+    batch = client.post("/v1/classify/batch?explain=true", files=[("files", ("a.jpg", PHOTOS["cat-chelsea.jpg"]))])
+    _error(batch, 422, "invalid_parameters")
+    assert client.app.state.engine.waiting == 0
+
+
 def test_a_body_over_the_limit_is_refused_while_it_streams_in(client):
     """No Content-Length (a chunked upload): counted as it arrives, refused before it is all held."""
     sent = 0
