@@ -254,7 +254,8 @@ def main() -> None:
     print(text)
     write_section("Serving: dogcat serve vs predict and a naive FastAPI",
                   f"python benchmarks/serve.py --files {args.files} --clients {args.clients} --runtime {args.runtime} "
-                  f"--rss-requests {args.rss_requests}", text,
+                  f"--latency-requests {args.latency_requests} --rss-requests {args.rss_requests} --burst {args.burst}",
+                  text,
                   packages=("onnxruntime", "fastapi", "uvicorn", "httpx", "numpy"))
 
 
