@@ -207,6 +207,9 @@ def list_files(patterns: list[str]) -> list[str]:
     that vanished."""
     local = [p for p in patterns if not _is_uri(p)]
     found, missing = expand_paths(local) if local else ([], [])
+    # Absolute, so a row's path names its file whatever the folder a rerun starts in: `photos/a.jpg`
+    # then `/home/me/photos/a.jpg` is the same file, resumed, not classified twice.
+    found = [os.path.abspath(path) for path in found]
     if missing:
         raise DataError(f"No such file or folder: {', '.join(map(repr, missing[:5]))}"
                         f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''}. Received: paths={missing}")

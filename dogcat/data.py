@@ -346,6 +346,8 @@ def expand_in_order(patterns: list[str], skipped: list[Path] | None = None) -> l
     link, a file without read permission, a folder named like an image, and a folder that cannot be
     listed each get their own one-line reason from it, instead of a traceback or silence.
     `skipped`, if given, receives the files inside folders left out for their extension (.heic, .pdf).
+    A file named twice (`a.jpg` and `/abs/a.jpg`, a folder and a glob inside it, a link to it) is
+    listed once, as first typed: it is one photo, classified once.
     """
     listed: list[tuple[str, str | None]] = []
     for pattern in patterns:
@@ -369,4 +371,6 @@ def expand_in_order(patterns: list[str], skipped: list[Path] | None = None) -> l
                 listed.append((pattern, NO_MATCH))
         else:
             listed.append((pattern, NO_SUCH_FILE))
-    return listed
+    seen: set[str] = set()
+    return [(path, why) for path, why in listed
+            if why is not None or ((key := os.path.realpath(path)) not in seen and not seen.add(key))]

@@ -160,3 +160,15 @@ def test_a_non_finite_probability_is_an_error_row_and_json_stays_strict(tiny_mod
     assert prediction.error == NON_FINITE
     assert prediction.verdict is None
     assert json.loads(strict_json({"p": float("nan"), "q": [float("inf"), 1.0]})) == {"p": None, "q": [None, 1.0]}
+
+
+def test_the_same_photo_by_relative_and_absolute_path_is_listed_once(tmp_path, monkeypatch):
+    """`photos` then `/abs/photos`: each photo was classified twice, and a rerun with the other spelling redid all."""
+    from dogcat.batch import list_files
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"x")
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "photos" / "cat.jpg")
+    monkeypatch.chdir(tmp_path)
+    assert expand_paths(["photos", f"{tmp_path}/photos/cat.jpg", "./photos/*.jpg", "link.jpg"]) == (["photos/cat.jpg"], [])
+    assert list_files(["photos/cat.jpg"]) == list_files([f"{tmp_path}/photos"]) == [f"{tmp_path}/photos/cat.jpg"]
