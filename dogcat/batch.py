@@ -9,7 +9,7 @@ The job is Ray Data's batch-inference pattern, with dogcat's own pieces at each 
    dogcat.preprocessing (a file that cannot be read becomes its one-line reason, never a failed
    task), scores the photos and decides verdicts with `Classifier.classify_decoded`, the
    scoring path `predict` uses;
-3. each block is written as Parquet, one row per file: path, verdict, label, p_<class>,
+3. each block is written as Parquet, one row per file: path (`printable`), verdict, label, p_<class>,
    width, height, looks_like, p_looks_like (the top ImageNet class), error (null where the file
    was read), node (the Ray node that scored it).
 
@@ -38,6 +38,7 @@ from dogcat.data import IMAGE_SUFFIXES, DataError, expand_paths
 from dogcat.errors import DogcatError
 from dogcat.model_folder import ModelFolder
 from dogcat.preprocessing import MAX_FILE_BYTES
+from dogcat.printable import printable
 
 FILES_PER_BLOCK = 256  # the unit of work Ray schedules, and of one Parquet file (what a resume can skip)
 INCOMPLETE_PREFIX = "_incomplete."  # a Parquet file cut short by a crash, set aside (readers skip "_" names)
@@ -129,9 +130,10 @@ def run_batch(paths: list[str], out_dir: str, model_path: str | Path | None = No
     for warning in warnings:  # as `dogcat predict` says them, before the job starts
         log(f"dogcat: warning: {warning}")
     # With retry_errors their rows go first: a crash before the job ends leaves them to do, never twice.
-    retried = drop_error_rows(out_dir, set(found), log) if retry_errors else 0
+    # Rows hold `printable` paths (a name that is not UTF-8 cannot be an Arrow string): compared as such.
+    retried = drop_error_rows(out_dir, {printable(path) for path in found}, log) if retry_errors else 0
     done = done_paths(out_dir, log)
-    todo = [path for path in found if path not in done]
+    todo = [path for path in found if printable(path) not in done]
     if not todo:
         log(f"dogcat: all {len(found)} file(s) are already in {out_dir}")
         return BatchReport(len(found), len(found), 0, 0, out_dir)
@@ -153,7 +155,9 @@ def run_batch(paths: list[str], out_dir: str, model_path: str | Path | None = No
         # job while a slower node is still loading its model, and a pool that cannot start says
         # so instead of waiting forever. Only at the start: a node lost later does not stop the job.
         waited, context.wait_for_min_actors_s = context.wait_for_min_actors_s, ACTORS_START_TIMEOUT_S
-        dataset = ray.data.from_items([{"path": path} for path in todo], override_num_blocks=blocks)
+        # Each file by its bytes, to open it, and its printable name, for its row.
+        dataset = ray.data.from_items([{"path": printable(path), "file": os.fsencode(path)} for path in todo],
+                                      override_num_blocks=blocks)
         # At least one actor, up to the plan: a node lost mid-job takes its actors with it, and the
         # job goes on with the others while Ray restarts them (Ray Data's actors: max_restarts=-1,
         # max_task_retries=-1; its tasks, the writes included, are retried too). Two blocks in
@@ -181,7 +185,7 @@ def run_batch(paths: list[str], out_dir: str, model_path: str | Path | None = No
         if started_here:
             ray.shutdown()
     now_done = done_paths(out_dir, log)
-    errors = _count_errors(out_dir, set(todo))
+    errors = _count_errors(out_dir, {printable(path) for path in todo})
     return BatchReport(len(found), len(found) - len(todo), len(now_done) - len(done), errors, out_dir, retried)
 
 
@@ -303,10 +307,11 @@ def decode_files(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.
     from dogcat.inference import decode_sources
 
     paths = [str(p) for p in batch["path"]]
+    files = [os.fsdecode(bytes(f)) for f in batch["file"]] if "file" in batch else paths
     images = np.zeros((len(paths), image_size, image_size, 3), np.uint8)
     sizes = np.zeros((len(paths), 2), np.int64)
     errors = []
-    for index, path in enumerate(paths):
+    for index, path in enumerate(files):
         source = _read_uri(path) if _is_uri(path) else path
         item = str(source) if isinstance(source, Exception) else decode_sources([source], [path], image_size)[0]
         if isinstance(item, str):

@@ -15,6 +15,7 @@ try:  # Ctrl-C while the command starts up: one line and 130, as anywhere later,
     from pathlib import Path
 
     from dogcat.errors import UsageError
+    from dogcat.printable import printable
 except KeyboardInterrupt:
     print("dogcat: interrupted", file=sys.stderr)
     raise SystemExit(130) from None
@@ -348,7 +349,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     metrics = evaluate(classifier, args.data, args.split, args.out, neither_dir=args.neither)
     print(format_metrics(metrics))
     for skipped in metrics["skipped"]:
-        print(f"dogcat: skipped {_shown(str(skipped['path']))}: {skipped['reason']}", file=sys.stderr)
+        print(f"dogcat: skipped {printable(str(skipped['path']))}: {skipped['reason']}", file=sys.stderr)
     return 0
 
 
@@ -359,7 +360,6 @@ def _predict(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from dogcat.data import DataError, expand_in_order
-    from dogcat.explain import write_overlays
     from dogcat.inference import Prediction
 
     skipped: list[Path] = []
@@ -368,7 +368,7 @@ def _predict(args: argparse.Namespace) -> int:
         from collections import Counter
 
         counts = Counter(path.suffix.lower() or "(no extension)" for path in skipped)
-        shown = ", ".join(f"{_shown(suffix)} ({count})" for suffix, count in sorted(counts.items()))
+        shown = ", ".join(f"{printable(suffix)} ({count})" for suffix, count in sorted(counts.items()))
         print(f"dogcat: skipped {len(skipped)} file(s) in the folders given, not JPEG, PNG, WebP, BMP or GIF by "
               f"their extension: {shown}", file=sys.stderr)
     if not listed:
@@ -378,14 +378,17 @@ def _predict(args: argparse.Namespace) -> int:
         # Before any work: found out after classifying, it would lose every row.
         raise DataError(f"--explain must name a folder, or one to create inside an existing folder. "
                         f"Received: explain={str(args.explain)!r}")
+    if args.explain is not None:
+        _check_writable(args.explain)
     classifier = _load_classifier(args.model, args.runtime)
     _warn_about_verdicts(classifier)
     names = list(classifier.class_names.values())
     sources = [path for path, why in listed if why is None]
-    write_row = _row_writer(args, names, width=max(len(_shown(path)) for path, _ in listed))
+    write_row = _row_writer(args, names, width=max(len(printable(path)) for path, _ in listed))
     batches = classifier.predict_batches(sources, explain=args.explain is not None)
     done: list[Prediction] = []
     failed = 0
+    unwritten: list[str] = []  # why overlays could not be written (a disk that filled up): said once, rows go on
     with tqdm(total=len(sources), unit="photo", file=sys.stderr, disable=not sys.stderr.isatty(), leave=False,
               dynamic_ncols=True) as progress:
         for path, why in listed:
@@ -397,15 +400,47 @@ def _predict(args: argparse.Namespace) -> int:
                     done = next(batches)
                     progress.update(len(done))
                 result = done.pop(0)
-            explanation = None if args.explain is None else str(write_overlays([result], args.explain)[0] or "")
+            explanation = None if args.explain is None else _explain(result, args.explain, unwritten)
             with tqdm.external_write_mode(file=sys.stdout):
                 write_row(result, explanation)
                 if result.error and (args.json or args.csv):
-                    print(f"dogcat: error: {_shown(result.source)}: {result.error}", file=sys.stderr)
+                    print(f"dogcat: error: {printable(result.source)}: {result.error}", file=sys.stderr)
             failed += result.error is not None
     if failed and not (args.json or args.csv):
         print(f"dogcat: {failed} of {len(listed)} file(s) could not be read; their rows say why", file=sys.stderr)
     return EXIT_FILE_ERRORS if failed else 0
+
+
+def _check_writable(folder: Path) -> None:
+    """Refuse an --explain folder that cannot be written (a read-only mount, no permission, a full disk)
+    before any work: found out at the first overlay, it cost a traceback and the rows."""
+    import tempfile
+
+    from dogcat.data import DataError
+
+    try:
+        folder.mkdir(exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".dogcat-probe-"):
+            pass
+    except OSError as error:
+        raise DataError(f"Cannot write overlays into the --explain folder ({error.strerror or error}). "
+                        f"Received: explain={printable(str(folder))!r}") from None
+
+
+def _explain(result, folder: Path, unwritten: list[str]) -> str:
+    """The overlay's path for `result`'s row, written into `folder`; "" where there is none or it could
+    not be written (the first failure is said on stderr, and the rows go on)."""
+    from dogcat.explain import write_overlays
+
+    try:
+        written = write_overlays([result], folder)[0]
+    except OSError as error:
+        if not unwritten:
+            print(f"dogcat: warning: cannot write overlays into {printable(str(folder))} ({error.strerror or error}); "
+                  "the rows go on without them", file=sys.stderr)
+        unwritten.append(str(error))
+        return ""
+    return printable(str(written or ""))
 
 
 def _row_writer(args: argparse.Namespace, names: list[str], width: int):
@@ -430,7 +465,7 @@ def _row_writer(args: argparse.Namespace, names: list[str], width: int):
             probabilities = [f"{result.probabilities[n]:.6f}" for n in names] if result.probabilities else [""] * len(names)
             size = result.size or ("", "")
             seen = (result.looks_like.name, f"{result.looks_like.probability:.6f}") if result.looks_like else ("", "")
-            writer.writerow([result.source, result.verdict or "", result.label or "", *probabilities, *size,
+            writer.writerow([printable(result.source), result.verdict or "", result.label or "", *probabilities, *size,
                              *seen, result.error or "", *([explanation] if explaining else [])])
 
         return csv_row
@@ -439,19 +474,13 @@ def _row_writer(args: argparse.Namespace, names: list[str], width: int):
 
     def table_row(result, explanation: str | None) -> None:
         if result.error:
-            print(f"{_shown(result.source):<{width}}  error: {result.error}")
+            print(f"{printable(result.source):<{width}}  error: {result.error}")
             return
-        print(f"{_shown(result.source):<{width}}  {result.verdict:<9}  "
+        print(f"{printable(result.source):<{width}}  {result.verdict:<9}  "
               + "  ".join(f"{result.probabilities[n]:{len(n) + 3}.4f}" for n in names)
               + (f"  {explanation}" if explaining else ""))
 
     return table_row
-
-
-def _shown(name: str) -> str:
-    """`name` for a terminal: control characters (a newline, an escape sequence) and undecodable bytes
-    written as Python escapes, so one file is one line and cannot restyle the terminal; other text as is."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in name)
 
 
 def _warn_about_verdicts(classifier) -> None:

@@ -22,6 +22,7 @@ matplotlib), hence the small colour table below.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -93,7 +94,7 @@ def overlay_filename(source: str) -> str:
     """A PNG name for `source`'s overlay: its stem, then a hash of the whole path, so that
     cat.jpg from two folders gets two files, and the same photo the same file on every run."""
     stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(source).stem)[:60] or "photo"
-    return f"{stem}-{hashlib.sha256(source.encode()).hexdigest()[:10]}.png"
+    return f"{stem}-{hashlib.sha256(os.fsencode(source)).hexdigest()[:10]}.png"
 
 
 def write_overlays(predictions: Sequence[Prediction], out_dir: str | Path) -> list[Path | None]:

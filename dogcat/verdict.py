@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from dogcat.config import PredictConfig
+from dogcat.printable import printable
 
 CAT, DOG, NEITHER, UNSURE, TOO_SMALL = "cat", "dog", "neither", "unsure", "too_small"
 VERDICTS = (CAT, DOG, NEITHER, UNSURE, TOO_SMALL)
@@ -67,7 +68,7 @@ class Prediction:
         """The machine-readable prediction: what `dogcat predict --json` prints a line of, and the
         Gradio API's `result` output."""
         seen = self.looks_like
-        return {"path": self.source, "verdict": self.verdict, "label": self.label, "probabilities": self.probabilities,
+        return {"path": printable(self.source), "verdict": self.verdict, "label": self.label, "probabilities": self.probabilities,
                 "size": None if self.size is None else list(self.size),
                 "looks_like": None if seen is None else {"name": seen.name, "probability": seen.probability},
                 "error": self.error}

@@ -296,6 +296,26 @@ def test_batch_rerun_skips_done_files_and_sets_aside_a_cut_short_file(ray_cluste
     assert sorted(paths) == sorted(more), "every file once: none repeated, none lost"
 
 
+def test_a_file_name_that_is_not_utf8_is_one_row_and_a_rerun_finds_everything_done(
+        ray_cluster, int8_model, shared_data, tmp_path, capsys):
+    """`caf\\xe9.jpg` (Latin-1, as in old zips) stopped the job at its block, and every rerun there."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    photos = _real_photos(shared_data, 4)
+    for photo in photos:
+        shutil.copy(photo, folder / photo.name)
+    shutil.copy(photos[0], os.fsdecode(bytes(folder) + b"/caf\xe9.jpg"))
+    out = tmp_path / "out"
+    command = ["batch", str(folder), "--out", str(out), "--model", str(int8_model), "--address", ray_cluster]
+    assert main(command) == 0, capsys.readouterr().err
+    rows = {row["path"]: row for row in _rows(out)}
+    assert len(rows) == len(photos) + 1
+    assert rows[f"{folder}/caf\\xe9.jpg"]["error"] is None
+    assert rows[f"{folder}/caf\\xe9.jpg"]["p_cat"] == rows[str(folder / photos[0].name)]["p_cat"]
+    assert main(command) == 0
+    assert f"all {len(photos) + 1} file(s) are already in" in capsys.readouterr().err
+
+
 def test_batch_without_an_address_starts_and_stops_a_local_ray(int8_model, shared_data, tmp_path, capsys):
     out = tmp_path / "out"
     cat, dog = _real_photos(shared_data, 1)
