@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow start-up chatter; errors still show
 
 import gradio as gr
-from PIL import Image
 
 from dogcat.detector import DESCRIPTION
 from dogcat.explain import overlay
@@ -52,11 +52,11 @@ for warning in CLASSIFIER.warnings:  # e.g. no detector beside the model: cat/do
     print(f"dogcat: warning: {warning}", file=sys.stderr)
 
 
-def predict(image: dict[str, Any] | str | None, explain: bool = False) -> tuple[str, dict[str, float], dict, Image.Image | None]:
+def predict(image: dict[str, Any] | str | None, explain: bool = False) -> tuple[str, dict[str, float], dict, str | None]:
     """Classify one uploaded photo: (the verdict in words with what it looks like, {"cat": p, "dog": p}
     summing to 1, the machine-readable result (`Prediction.as_record`: "verdict" is cat, dog,
-    neither, unsure or too_small; "looks_like" ImageNet's top class), the Grad-CAM overlay when
-    `explain` and the model can give one, else None). This is the /predict API.
+    neither, unsure or too_small; "looks_like" ImageNet's top class), the Grad-CAM overlay's PNG
+    file when `explain` and the model can give one, else None). This is the /predict API.
 
     The overlay is opt-in (a checkbox, off by default): drawing it adds about a third to each
     prediction's time, before Gradio encodes and sends the PNG (benchmarks/explain.py), and API
@@ -75,11 +75,27 @@ def predict(image: dict[str, Any] | str | None, explain: bool = False) -> tuple[
     result = CLASSIFIER.predict([path], explain=bool(explain) and CLASSIFIER.can_explain)[0]
     if result.error:
         raise gr.Error(f"Cannot read {name}: {result.error}.", duration=ERROR_SECONDS, print_exception=False)
-    looked = None if result.heatmap is None else overlay(path, result.heatmap)
+    looked = None if result.heatmap is None else overlay_file(path, result.heatmap)
     # The client's own file name, not the server's cache path, and under "file": gradio_client would
     # take a dict with a "path" for a file to download.
     record = {"file": name, **{k: v for k, v in result.as_record().items() if k != "path"}}
     return result.sentence, result.probabilities, record, looked
+
+
+def overlay_file(path: str, heatmap) -> str:
+    """The overlay, as a PNG file of this request's own in Gradio's cache (swept by DELETE_CACHE,
+    as Gradio's own files are).
+
+    Not a PIL image: Gradio caches those by content and rewrites the one file in place, so two
+    requests for the same photo raced, one truncating the file while the other was sent
+    ("Too little data for declared Content-Length", 7 of 100 for the shipped cat example).
+    """
+    folder = Path(overlay_output.GRADIO_CACHE) / "dogcat-overlays"
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix="overlay-", suffix=".png", delete=False) as handle:
+        overlay(path, heatmap).save(handle, format="PNG")
+    overlay_output.temp_files.add(handle.name)
+    return handle.name
 
 
 def show(image: dict[str, Any] | str | None, explain: bool = False) -> tuple:
@@ -113,7 +129,7 @@ with gr.Blocks(title="dogcat: cat or dog?", analytics_enabled=False, delete_cach
             verdict_output = gr.Label(label="Verdict")
             # Secondary, without a heading of its own: its top class never contradicts the verdict above.
             label_output = gr.Label(num_top_classes=2, label="Probabilities (cat vs dog only)", show_heading=False)
-            overlay_output = gr.Image(type="pil", label="Where it looked", format="png", interactive=False, visible=False)
+            overlay_output = gr.Image(type="filepath", label="Where it looked", format="png", interactive=False, visible=False)
             with gr.Accordion("Result for programs (JSON)", open=False):
                 result_output = gr.JSON(label="Result", show_label=False)
     outputs = [verdict_output, label_output, result_output, overlay_output]
