@@ -81,10 +81,11 @@ def neither_text(test: dict) -> str:
     folder, turned_away = test.get("neither_folder"), test.get("turned_away")
     if folder and turned_away:
         text += (
-            f" Measured: {folder['flagged']:.0%} of {folder['count']} photos with no cat or dog were called "
-            f"neither, and {turned_away['neither']:.1%} of the real test cats and dogs."
+            f" Measured: {folder['flagged']:.0%} of {folder['count']} photos with no cat or dog were not called a cat "
+            f"or a dog ({folder.get('neither', folder['flagged']):.0%} neither), and {turned_away['neither']:.1%} of "
+            f"the real test cats and dogs were turned away."
         )
-    return text + " It still lets through some farm animals and drawings."
+    return text + " It still lets through some raccoons, horses and drawings."
 
 
 def collect_uploads(use_camera: bool) -> list[Upload]:

@@ -10,7 +10,8 @@ The job is Ray Data's batch-inference pattern, with dogcat's own pieces at each 
    task), scores the photos and decides verdicts with `Classifier.classify_decoded`, the
    scoring path `predict` uses;
 3. each block is written as Parquet, one row per file: path (`printable`), verdict, label, p_<class>,
-   width, height, looks_like, p_looks_like (the top ImageNet class), error (null where the file
+   width, height, looks_like, p_looks_like (the top ImageNet class), reason (what it sees, when that
+   says something), error (null where the file
    was read), node (the Ray node that scored it).
 
 The model folder travels through Ray's object store, so the nodes of a cluster need dogcat
@@ -363,6 +364,7 @@ class ClassifyBatch:
         columns["looks_like"] = pa.array([p.looks_like.name if p.looks_like else None for p in predictions], pa.string())
         columns["p_looks_like"] = pa.array([p.looks_like.probability if p.looks_like else None for p in predictions],
                                            pa.float64())
+        columns["reason"] = pa.array([p.hint for p in predictions], pa.string())
         columns["error"] = pa.array([p.error for p in predictions], pa.string())
         columns["node"] = pa.array([self.node] * len(paths), pa.string())
         return pa.table(columns)

@@ -225,8 +225,10 @@ def _parser() -> argparse.ArgumentParser:
     detector_fit = detector.add_parser("fit", help="fit it for a model on a prepared dataset (train and val splits)")
     detector_fit.add_argument("model", type=Path, help=".keras file (the detector is written beside it)")
     detector_fit.add_argument("data", type=Path, help="prepared dataset folder (the model's training data)")
-    detector_fit.add_argument("--turn-away", type=float, help="share of val cats and dogs it may call neither "
-                              "(default: predict.turn_away, 0.01)")
+    detector_fit.add_argument("--turn-away", type=float, help="share of the training and validation cats and dogs "
+                              "(out of fold) far enough to be neither (default: predict.turn_away, 0.005)")
+    detector_fit.add_argument("--unsure-share", type=float, help="share of them unusual enough to be unsure "
+                              "(default: predict.unsure_share, 0.02)")
     detector_fit.set_defaults(handler=_detector_fit)
 
     app = commands.add_parser("app", help="run the Streamlit app in the browser")
@@ -459,14 +461,14 @@ def _row_writer(args: argparse.Namespace, names: list[str], width: int):
     if args.csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(["path", "verdict", "label", *(f"p_{n}" for n in names), "width", "height",
-                         "looks_like", "p_looks_like", "error", *(["explanation"] if explaining else [])])
+                         "looks_like", "p_looks_like", "reason", "error", *(["explanation"] if explaining else [])])
 
         def csv_row(result, explanation: str | None) -> None:
             probabilities = [f"{result.probabilities[n]:.6f}" for n in names] if result.probabilities else [""] * len(names)
             size = result.size or ("", "")
             seen = (result.looks_like.name, f"{result.looks_like.probability:.6f}") if result.looks_like else ("", "")
             writer.writerow([printable(result.source), result.verdict or "", result.label or "", *probabilities, *size,
-                             *seen, result.error or "", *([explanation] if explaining else [])])
+                             *seen, result.hint or "", result.error or "", *([explanation] if explaining else [])])
 
         return csv_row
     print(f"{'path':<{width}}  {'verdict':<9}  " + "  ".join(f"p({n})" for n in names)
@@ -490,11 +492,9 @@ def _warn_about_verdicts(classifier) -> None:
 
 
 def _detector_fit(args: argparse.Namespace) -> int:
-    from dogcat.config import PredictConfig
     from dogcat.export import fit_detector_beside
 
-    turn_away = PredictConfig.turn_away if args.turn_away is None else args.turn_away
-    fit_detector_beside(args.model, args.data, turn_away)
+    fit_detector_beside(args.model, args.data, args.turn_away, args.unsure_share)
     return 0
 
 

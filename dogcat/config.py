@@ -58,9 +58,12 @@ class PredictConfig:
     # Photos whose shorter side is below this many pixels are "too small to judge": below it,
     # accuracy on scaled-down test photos falls under 95% (benchmarks/verdicts.py).
     min_side: int = 80
-    # The "neither" detector's threshold turns away at most this share of the validation
-    # split's real cats and dogs (set when it is fitted: end of `dogcat train`, `dogcat detector fit`).
-    turn_away: float = 0.01
+    # The "neither" detector's distance thresholds, set when it is fitted (end of `dogcat train`,
+    # `dogcat detector fit`) on out-of-fold distances of the training and validation cats and dogs:
+    # at most this share of them is far enough to be turned away ("neither" unless ImageNet sees a pet) ...
+    turn_away: float = 0.005
+    # ... and at most this share unusual enough to be "unsure".
+    unsure_share: float = 0.02
 
 
 @dataclass
@@ -145,6 +148,7 @@ _RULES: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "predict.batch_size": (f"in [1, {MAX_PREDICT_BATCH}]", lambda v: 1 <= v <= MAX_PREDICT_BATCH),
     "predict.min_side": ("0 (off) or more", lambda v: v >= 0),
     "predict.turn_away": ("in (0, 0.5)", lambda v: 0 < v < 0.5),
+    "predict.unsure_share": ("in (0, 0.5)", lambda v: 0 < v < 0.5),
 }
 
 
@@ -158,6 +162,9 @@ def validate_config(config: Config) -> None:
                 raise ConfigError(f"{name} must be a finite number. Received: {name}={value!r}")
             if rule is not None and not rule[1](value):
                 raise ConfigError(f"{name} must be {rule[0]}. Received: {name}={value!r}")
+    if config.predict.turn_away > config.predict.unsure_share:  # "neither" by distance would take the "unsure" band
+        raise ConfigError(f"predict.turn_away must be at most predict.unsure_share ({config.predict.unsure_share}). "
+                          f"Received: predict.turn_away={config.predict.turn_away}")
     if config.train.head_epochs > config.train.epochs:  # the fine-tuning phase would never start
         raise ConfigError(f"train.head_epochs must be at most train.epochs ({config.train.epochs}). "
                           f"Received: train.head_epochs={config.train.head_epochs}")

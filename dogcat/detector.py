@@ -1,38 +1,24 @@
 """The "neither" detector: its maths and its file format (NumPy only; dogcat.verdict decides).
 
-The seed's question is whether a photo *contains* a cat or a dog, but the classifier has only
-two outputs and calls a car a cat. The detector reads two kinds of evidence from the one forward
-pass the classifier already makes (`FEATURE_BLOCKS`, both runtimes give them as "features"):
+The classifier has two outputs and calls a cougar a cat. The detector reads two kinds of evidence
+from the one forward pass the classifier already makes (`FEATURE_BLOCKS`, "features" in both runtimes):
 
-- **Distance from the training photos.** The classifier's pooled 1,280-wide features and the
-  160-wide pooled output of MobileNetV2's frozen ImageNet trunk (block_15). For each, the cat and
-  dog means and one shared, shrunk covariance of the training photos (Ledoit-Wolf); the
-  Mahalanobis distance to the nearer class mean (Lee et al. 2018); the two distances put on one
-  scale by their validation mean and spread, and added. The threshold is set on the user's own
-  validation split so that at most `turn_away` (default 1%) of its real cats and dogs is over it.
-- **What ImageNet sees.** MobileNetV2 was trained as an ImageNet-1k classifier; `ImageNetHead`
-  is that classifier layer (1,280 pooled features -> 1,001 classes, derived by
-  tools/derive_imagenet_head.py), read on the same pooled features. It knows 118 dog breeds and 5
-  domestic cats, and the look-alikes (lynx, cougar, lion, tiger, wolves, foxes) as classes of
-  their own. A photo far from the training photos is a pet from another camera or framing when
-  ImageNet puts at least `PET_AT_LEAST` of its probability (its logits sharpened by
-  `PET_TEMPERATURE`) on dog breeds and domestic cats, so it is not turned away.
+- **Distance from the user's own cats and dogs**: the Mahalanobis distance of the pooled features
+  to the nearer class mean (Lee et al. 2018), summed over two blocks. Its thresholds are set on
+  out-of-fold distances of every training and validation photo (5 folds, so 3,600 photos rather
+  than 400 decide them): over `threshold` is far (at most `turn_away` of the user's pets), over
+  `unsure_threshold` is unusual (at most `unsure_share`).
+- **What ImageNet sees**, by kind (dogcat.imagenet_groups): MobileNetV2's own ImageNet-1k classifier
+  layer read on the same pooled features. A far photo is kept when the sharpened probability of
+  dog breeds, domestic cats and lynx reaches `PET_AT_LEAST`; any photo is "neither" when more of
+  ImageNet's probability sits on kinds no pet is read as (`NEVER_PET`: big cats, hoofed animals,
+  birds...) than on any of the user's own pets; and "unsure" when a kind pets are sometimes read
+  as (`LOOKALIKES`: wolves and foxes, small mammals, lynx) outweighs the pet classes by more than
+  for any of them.
 
-So a photo is "neither" when it is far from every training photo **and** ImageNet does not see a
-cat or a dog in it. Distance alone turned away 18% of the dogs of other photo collections; the two
-together, about 1% (benchmarks/verdicts.py, docs). The head also says what a photo looks like
-(`looks_like`: "tiger", "Dalmatian"), a hint, not a claim.
-
-The head reads ImageNet classes only while the pooled features stay close to the ImageNet
-network's; fine-tuning more blocks moves them. Fitting records the share of validation photos
-whose top ImageNet class is among the frozen ImageNet network's top 5 (`imagenet_agreement`);
-under `MIN_IMAGENET_AGREEMENT` the head is not used (distance alone, and a one-line warning).
-
-Both files are NumPy arrays and a JSON header, read with allow_pickle=False (no code runs), sizes
-bounded from the zip directory before anything is inflated, every number checked finite. The
-detector is tied to its `.keras` and to the head file by sha256; a missing or stale detector
-means cat/dog verdicts only, and a missing or different head means distance alone, each with a
-one-line warning that names the file and the command that refits it.
+docs/design.md ("The neither detector, in detail") says why, docs/benchmarks.md what it costs and
+reaches. Both files are NumPy arrays and a JSON header, read with allow_pickle=False, sizes bounded
+before inflating, every number checked finite, tied to their `.keras` and head by sha256.
 """
 
 from __future__ import annotations
@@ -45,13 +31,14 @@ from pathlib import Path
 
 import numpy as np
 
+from dogcat import imagenet_groups
 from dogcat.artifacts import IMAGENET_HEAD_FILENAME, ArtifactError, file_sha256, save_atomic
 from dogcat.config import ConfigError, PredictConfig
 from dogcat.model_folder import ModelFolder
 from dogcat.verdict import CAT, DOG, LooksLike
 
-DETECTOR_FORMAT = 3  # 3: the ImageNet gate and the head's sha256 in the header
-METHOD = "mahalanobis+imagenet"
+DETECTOR_FORMAT = 4  # 4: cross-fitted thresholds, the unsure band, ImageNet vetoes by kind
+METHOD = "mahalanobis+imagenet-groups"
 MAX_DETECTOR_BYTES = 64 * 2**20  # uncompressed, from the zip directory: a real one is ~5 MB
 MAX_HEAD_BYTES = 32 * 2**20  # uncompressed: a real head is ~7 MB
 # The detector's input, one row per photo: these tensors of the classifier, each globally
@@ -68,6 +55,30 @@ DOG_BREEDS = range(152, 270)  # Chihuahua ... Mexican hairless
 DOMESTIC_CATS = range(282, 287)  # tabby cat ... Egyptian cat
 BIG_CATS = range(287, 295)  # cougar ... cheetah: look-alikes, not pets
 PETS = np.r_[DOG_BREEDS, DOMESTIC_CATS]
+
+
+def _head_rows(*groups: str, wnids: tuple[str, ...] = ()) -> np.ndarray:
+    """The head's output rows of these ImageNet groups and single classes (by WordNet id)."""
+    table = imagenet_groups.classes()
+    return np.array(sorted(c.index + imagenet_groups.HEAD_OFFSET for c in table
+                           if c.group in groups or c.wnid in wnids), dtype=np.intp)
+
+
+LYNX, COUGAR = "n02127052", "n02125311"  # the two "wild_cat" classes: a pet is read as a lynx now and then, never as a cougar
+# The evidence by kind, chosen from which kinds real pets are read as (docs/design.md): on 3,600
+# Kaggle pets no never-a-pet kind took more than half the probability, while most big cats,
+# farm animals and deer do; wolves, foxes, ferrets, rabbits and monkeys are sometimes what a real
+# pet looks like to ImageNet (a shiba as a dingo, a Sphynx as a Mexican hairless), so they only
+# make a photo "unsure", and only past what any of the user's own pets reached.
+RESCUE = _head_rows("dog", "house_cat", wnids=(LYNX,))
+NEVER_PET = _head_rows("big_cat", "ungulate", "elephant", "bear", "marsupial", "xenarthran", "marine_mammal",
+                       "bird", "fish", "reptile_amphibian", "invertebrate", wnids=(COUGAR,))
+LOOKALIKES = {
+    "wild canine": _head_rows("wild_canine", "other_carnivore"),
+    "small mammal": _head_rows("mustelid", "rodent_rabbit", "primate"),
+    "lynx": _head_rows(wnids=(LYNX,)),
+}
+CROSS_FIT_FOLDS = 5
 # The fusion, chosen on photos unlike the training ones (pets-dev, ood-dev; docs/design.md):
 # sharpening the logits (T = 0.5) before summing the pet classes keeps a pet whose probability is
 # spread over many breeds, and 0.3 is where real pets stop being turned away while a lion, a fox
@@ -84,12 +95,15 @@ MIN_AGREEMENT_PHOTOS = 50  # a share of fewer validation photos says too little 
 # How "neither" and "looks like" are decided, said once: the apps' About text, the Space card, the
 # README and the model card all use these words (a test holds the two documents to them).
 DESCRIPTION = (
-    "**Neither a cat nor a dog** is said when two things agree: the photo's pooled MobileNetV2 features are far "
-    "from those of every training photo (the Mahalanobis distance to the nearer of the cat and dog means, with a "
-    "threshold that about 1% of the validation cats and dogs are over), and MobileNetV2's own ImageNet classifier, "
-    "read on the same features, puts under 30% of its probability on its 118 dog breeds and 5 domestic cats. So a "
-    "cat or dog unlike the training photos (another camera, framing or breed) is still a cat or a dog, while a lion, "
-    "a fox or a car is not. **Looks like** is that ImageNet classifier's most probable class: a hint, not a claim "
+    "**Neither a cat nor a dog** is said when MobileNetV2's own ImageNet classifier, read on the photo's features, "
+    "puts more of its probability on kinds of animal no pet is read as (big cats, cougars, hoofed animals, bears, "
+    "birds...) than it did for any training cat or dog, or when the photo is far from every training photo (about "
+    "0.5% of the training cats and dogs are that far, out of fold) and that classifier puts under 30% of its "
+    "probability on its 118 dog breeds, 5 domestic cats and the lynx. So a cat or dog unlike the training photos "
+    "is still a cat or a dog, while a cougar, a cow or a car is not. **Not sure** is said when the top probability "
+    "is low, when the photo is less far but still unusual (about 2% of the training cats and dogs), or when it looks "
+    "more like a wolf or fox, a small mammal (ferret, rabbit, monkey) or a lynx than any training cat or dog did. "
+    "**Looks like** is that ImageNet classifier's most probable class, by its everyday name: a hint, not a claim "
     "about a breed. **Too small** is said when the photo's shorter side is under the size where accuracy drops "
     "below 95%."
 )
@@ -122,16 +136,21 @@ class ImageNetHead:
         return _times_rows_of(np.asarray(features, np.float32)[:, : self.kernel.shape[1]], self.kernel) + self.bias
 
     def pet_probability(self, logits: np.ndarray, temperature: float = PET_TEMPERATURE) -> np.ndarray:
-        """The share of the (sharpened) ImageNet probability on dog breeds and domestic cats."""
-        return _softmax(logits / temperature)[:, PETS].sum(axis=1)
+        """The share of the (sharpened) ImageNet probability on dog breeds, domestic cats and the lynx."""
+        return _softmax(logits / temperature)[:, RESCUE].sum(axis=1)
 
     def looks_like(self, logits: np.ndarray) -> list[LooksLike]:
-        """Each row's most probable ImageNet class (never "background"), its probability, and
-        whether it is a dog breed or a domestic cat."""
+        """Each row's most probable ImageNet class (never "background") by its everyday name, its
+        probability, "cat" or "dog" where it is a domestic cat or a dog breed, its id and group."""
         probabilities = _softmax(logits)
         top = probabilities[:, 1:].argmax(axis=1) + 1
-        return [LooksLike(self.names[i], float(probabilities[row, i]),
-                          DOG if i in DOG_BREEDS else CAT if i in DOMESTIC_CATS else None) for row, i in enumerate(top)]
+        table = imagenet_groups.classes()
+        seen = []
+        for row, i in enumerate(top):
+            kind = table[i - imagenet_groups.HEAD_OFFSET]
+            animal = DOG if kind.group == "dog" else CAT if kind.group == "house_cat" else None
+            seen.append(LooksLike(kind.readable_name, float(probabilities[row, i]), animal, kind.wnid, kind.group))
+        return seen
 
     @classmethod
     def load(cls, path: str | Path) -> ImageNetHead:
@@ -193,16 +212,17 @@ class Judgement:
 
     neither: np.ndarray  # bool (N,)
     looks_like: list[LooksLike] | list[None]
+    unsure: np.ndarray | None = None  # bool (N,): unusual, or like a look-alike; never where `neither`
 
 
 @dataclass
 class Detector:
-    """Distance from the training photos, gated by what the ImageNet head sees (module docstring)."""
+    """Distance from the user's pets, and what the ImageNet head sees, by kind (module docstring)."""
 
     blocks: list[FeatureBlock]
-    threshold: float  # distance scores above it are far from every training photo
+    threshold: float  # distance scores above it are far from every training photo ("neither" unless ImageNet sees a pet)
     keras_sha256: str  # the .keras file whose features these are
-    info: dict  # how it was fitted (counts, share turned away on val, ImageNet agreement): for model cards
+    info: dict  # how it was fitted (counts, shares turned away, ImageNet thresholds): for model cards and `judge`
     imagenet_sha256: str | None = None  # the head it was fitted with; None: distance alone
     head: ImageNetHead | None = field(default=None, repr=False, compare=False)  # attached by `detector_for`
 
@@ -220,14 +240,20 @@ class Detector:
         return total
 
     def judge(self, features: np.ndarray) -> Judgement:
-        """"neither" where a photo is far from the training photos and, with the head, ImageNet sees no pet in it."""
+        """Who is "neither", who "unsure", and what each photo looks like (the module docstring's rule)."""
         features = self._checked(features)
-        far = self.scores(features) > self.threshold
+        scores = self.scores(features)
+        far, unusual = scores > self.threshold, scores > self.info.get("unsure_threshold", math.inf)
         if self.head is None:
-            return Judgement(far, [None] * len(features))
+            return Judgement(far, [None] * len(features), unusual & ~far)
         logits = self.head.logits(features)
-        pet = self.head.pet_probability(logits, self.info.get("pet_temperature", PET_TEMPERATURE))
-        return Judgement(far & (pet < self.info.get("pet_at_least", PET_AT_LEAST)), self.head.looks_like(logits))
+        pet_seen = self.head.pet_probability(logits, self.info["pet_temperature"]) >= self.info["pet_at_least"]
+        probabilities = _softmax(logits)
+        neither = (far & ~pet_seen) | (probabilities[:, NEVER_PET].sum(axis=1) > self.info["never_pet_at"])
+        unsure = unusual & ~pet_seen
+        for kind, rows in LOOKALIKES.items():
+            unsure |= _margin_over_pets(probabilities, rows) > self.info["lookalike_at"][kind]
+        return Judgement(neither, self.head.looks_like(logits), unsure & ~neither)
 
     def flags(self, features: np.ndarray) -> np.ndarray:
         """True where a photo is "neither"."""
@@ -288,7 +314,7 @@ class Detector:
                 b.means.ndim == 2 and b.precision.shape == (b.width, b.width) and np.isfinite(b.precision).all()
                 and np.isfinite(b.means).all() and math.isfinite(b.val_mean) and math.isfinite(b.val_std) and b.val_std > 0
                 for b in blocks
-            ) and all(math.isfinite(float(detector.info.get(k, 0.5))) for k in ("pet_temperature", "pet_at_least"))
+            ) and _finite_thresholds(detector)
         except Exception as error:  # any damaged or foreign file: refuse it, in one line
             raise ArtifactError(f"Not a dogcat detector file ({type(error).__name__}). Received: path={str(path)!r}") from None
         if not valid:
@@ -296,58 +322,115 @@ class Detector:
         return detector
 
 
+def _finite_thresholds(detector: Detector) -> bool:
+    """Every threshold `judge` reads is a finite number (a NaN would switch a rule off without a word)."""
+    info = detector.info
+    numbers = [info.get("unsure_threshold")]
+    if detector.imagenet_sha256 is not None:
+        lookalike = info.get("lookalike_at")
+        if not isinstance(lookalike, dict) or set(lookalike) != set(LOOKALIKES):
+            return False
+        numbers += [info.get(k) for k in ("pet_temperature", "pet_at_least", "never_pet_at")] + list(lookalike.values())
+    return all(isinstance(v, int | float) and math.isfinite(v) for v in numbers)
+
+
+def _margin_over_pets(probabilities: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """log(probability on `rows`) - log(probability on dog breeds and domestic cats), per photo."""
+    tiny = np.float32(1e-9)
+    return np.log(probabilities[:, rows].sum(axis=1) + tiny) - np.log(probabilities[:, PETS].sum(axis=1) + tiny)
+
+
 def fit_detector(
-    train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray, keras_sha256: str,
-    blocks: tuple[tuple[str, int], ...], turn_away: float = PredictConfig.turn_away, head: ImageNetHead | None = None,
+    train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray, val_labels: np.ndarray,
+    keras_sha256: str, blocks: tuple[tuple[str, int], ...], turn_away: float = PredictConfig.turn_away,
+    unsure_share: float = PredictConfig.unsure_share, head: ImageNetHead | None = None,
     imagenet_agreement: float | None = None,
 ) -> Detector:
-    """A detector on the training photos' features, its threshold set on the validation photos.
+    """A detector on the user's own cats and dogs (training and validation photos together).
 
     `blocks` names the consecutive parts of a feature row and their widths. Every feature must
-    come from a real cat or dog. On the validation photos, the distance threshold puts at most
-    `turn_away` of them over it (fewer on a small split: 1% of 50 photos is none). With `head`,
-    and `imagenet_agreement` (the share of validation photos whose top ImageNet class from the
-    model's features is among the frozen ImageNet network's top 5) at least MIN_IMAGENET_AGREEMENT, the head
-    gates the distance; otherwise the detector is distance alone.
+    come from a real cat or dog. The distance thresholds come from out-of-fold distances
+    (CROSS_FIT_FOLDS folds, stratified by class): at most `turn_away` of them are over
+    `threshold`, at most `unsure_share` over `unsure_threshold` (fewer on a small set: 1% of 50
+    photos is none). The class means and covariances are then fitted on every photo.
+    With `head`, and `imagenet_agreement` (the share of validation photos whose top ImageNet class
+    from the model's features is among the frozen ImageNet network's top 5) at least
+    MIN_IMAGENET_AGREEMENT, the ImageNet thresholds are the most any of these pets reached.
     """
-    if not 0 < turn_away < 0.5:
-        raise ConfigError(f"turn_away must be in (0, 0.5). Received: turn_away={turn_away}")
-    train_features, val_features = np.asarray(train_features, np.float64), np.asarray(val_features, np.float64)
-    train_labels = np.asarray(train_labels)
-    classes = np.unique(train_labels)
-    if len(classes) < 2 or len(val_features) == 0 or sum(w for _, w in blocks) != train_features.shape[1]:
+    for name, share in (("turn_away", turn_away), ("unsure_share", unsure_share)):
+        if not 0 < share < 0.5:
+            raise ConfigError(f"{name} must be in (0, 0.5). Received: {name}={share}")
+    if turn_away > unsure_share:
+        raise ConfigError(f"turn_away must be at most unsure_share ({unsure_share}). Received: turn_away={turn_away}")
+    features = np.concatenate([np.asarray(train_features, np.float64), np.asarray(val_features, np.float64)])
+    labels = np.concatenate([np.asarray(train_labels), np.asarray(val_labels)])
+    classes, counts = np.unique(labels, return_counts=True)
+    width = sum(w for _, w in blocks)
+    if len(classes) < 2 or counts.min() < 2 or len(val_features) == 0 or features.shape[1] != width:
         raise ArtifactError(
-            f"Need training photos of at least 2 classes, validation photos, and features of width "
-            f"{sum(w for _, w in blocks)}. Received: classes={classes.tolist()}, {len(val_features)} validation photos, "
-            f"width={train_features.shape[1]}"
+            f"Need at least 2 photos of each of 2 classes, validation photos, and features of width {width}. "
+            f"Received: classes={dict(zip(classes.tolist(), counts.tolist(), strict=True))}, "
+            f"{len(val_features)} validation photos, width={features.shape[1]}"
         )
-    fitted, start = [], 0
-    for name, width in blocks:
-        x = _normalise(train_features[:, start : start + width])
-        means = np.stack([x[train_labels == c].mean(axis=0) for c in classes])
-        centred = np.concatenate([x[train_labels == c] - means[i] for i, c in enumerate(classes)])
-        precision = np.linalg.inv(_ledoit_wolf(centred))
-        block = FeatureBlock(name, means.astype(np.float32), precision.astype(np.float32), 0.0, 1.0)
-        val_distances = block.distances(val_features[:, start : start + width].astype(np.float32))
-        block.val_mean, block.val_std = float(val_distances.mean()), float(val_distances.std()) or 1.0
+    folds = _stratified_folds(labels, min(CROSS_FIT_FOLDS, int(counts.min())))
+    fitted, out_of_fold, start = [], np.zeros(len(features), np.float32), 0
+    for name, block_width in blocks:
+        part = features[:, start : start + block_width]
+        distances = np.zeros(len(features), np.float32)
+        for fold in np.unique(folds):
+            held_out = folds == fold
+            distances[held_out] = _fit_block(name, part[~held_out], labels[~held_out]).distances(part[held_out].astype(np.float32))
+        block = _fit_block(name, part, labels)
+        block.val_mean, block.val_std = float(distances.mean()), float(distances.std()) or 1.0
+        out_of_fold += (distances - block.val_mean) / block.val_std
         fitted.append(block)
-        start += width
+        start += block_width
     reads_true = (head is not None and imagenet_agreement is not None and imagenet_agreement >= MIN_IMAGENET_AGREEMENT
                   and len(val_features) >= MIN_AGREEMENT_PHOTOS)
-    detector = Detector(fitted, 0.0, keras_sha256, {}, head.sha256 if reads_true else None, head if reads_true else None)
-    val_scores = detector.scores(val_features)
-    # The largest share of validation photos not over `turn_away` lies strictly above the
-    # (k+1)-th highest score, k = floor(turn_away * count): that score is the threshold.
-    allowed = math.floor(turn_away * len(val_scores) + 1e-9)
-    detector.threshold = float(np.sort(val_scores)[::-1][min(allowed, len(val_scores) - 1)])
+    detector = Detector(fitted, _over_at_most(out_of_fold, turn_away), keras_sha256, {},
+                        head.sha256 if reads_true else None, head if reads_true else None)
     detector.info = {
-        "train_photos": len(train_features), "val_photos": len(val_features), "turn_away_target": turn_away,
-        "val_far": float(np.mean(val_scores > detector.threshold)),
+        "train_photos": len(train_features), "val_photos": len(val_features), "cross_fit_folds": int(folds.max()) + 1,
+        "turn_away_target": turn_away, "unsure_share_target": unsure_share,
+        "unsure_threshold": _over_at_most(out_of_fold, unsure_share),
+        "out_of_fold_far": float(np.mean(out_of_fold > detector.threshold)),
         "imagenet_agreement": imagenet_agreement, "imagenet_used": reads_true,
-        **({"pet_temperature": PET_TEMPERATURE, "pet_at_least": PET_AT_LEAST} if reads_true else {}),
     }
-    detector.info["val_turned_away"] = float(np.mean(detector.flags(val_features)))
+    if reads_true:
+        probabilities = _softmax(head.logits(features.astype(np.float32)))
+        detector.info |= {
+            "pet_temperature": PET_TEMPERATURE, "pet_at_least": PET_AT_LEAST,
+            "never_pet_at": float(probabilities[:, NEVER_PET].sum(axis=1).max()),
+            "lookalike_at": {kind: float(_margin_over_pets(probabilities, rows).max()) for kind, rows in LOOKALIKES.items()},
+        }
+    judged = detector.judge(features[len(train_features):])  # in-sample: the card's "val turned away" is a floor
+    detector.info["val_turned_away"] = float(np.mean(judged.neither))
     return detector
+
+
+def _stratified_folds(labels: np.ndarray, count: int) -> np.ndarray:
+    """Fold of each photo, each class dealt round the folds in its order (deterministic, balanced)."""
+    folds = np.zeros(len(labels), np.intp)
+    for value in np.unique(labels):
+        where = np.flatnonzero(labels == value)
+        folds[where] = np.arange(len(where)) % count
+    return folds
+
+
+def _fit_block(name: str, features: np.ndarray, labels: np.ndarray) -> FeatureBlock:
+    """Class means and the shared, shrunk precision of L2-normalised features (scale set by the caller)."""
+    x = _normalise(features)
+    classes = np.unique(labels)
+    means = np.stack([x[labels == c].mean(axis=0) for c in classes])
+    centred = np.concatenate([x[labels == c] - means[i] for i, c in enumerate(classes)])
+    return FeatureBlock(name, means.astype(np.float32), np.linalg.inv(_ledoit_wolf(centred)).astype(np.float32), 0.0, 1.0)
+
+
+def _over_at_most(scores: np.ndarray, share: float) -> float:
+    """The threshold that puts at most `share` of `scores` above it: the (k+1)-th highest score,
+    k = floor(share * count)."""
+    allowed = math.floor(share * len(scores) + 1e-9)
+    return float(np.sort(scores)[::-1][min(allowed, len(scores) - 1)])
 
 
 def _ledoit_wolf(centred: np.ndarray) -> np.ndarray:

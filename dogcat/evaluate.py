@@ -11,7 +11,7 @@ from dogcat.data import DataError, read_split
 from dogcat.inference import Classifier
 from dogcat.metrics import classification_metrics
 from dogcat.model_folder import CONFUSION_MATRIX_FILENAME, TEST_RECORD_FILENAME
-from dogcat.verdict import NEITHER, TOO_SMALL, VERDICTS
+from dogcat.verdict import CAT, DOG, NEITHER, TOO_SMALL, VERDICTS
 
 
 def evaluate(classifier: Classifier, data_dir: str | Path, split: str = "test", out_dir: str | Path | None = None,
@@ -69,7 +69,8 @@ def score_files(classifier: Classifier, paths, labels) -> dict:
 
 
 def score_neither_folder(classifier: Classifier, folder: str | Path) -> dict:
-    """Verdicts on a folder of photos with no cat and no dog: the share called "neither" is the detector's recall."""
+    """Verdicts on a folder of photos with no cat and no dog: the share flagged (not called a cat or
+    a dog: neither, unsure or too small) is the detector's recall, the share called "neither" its strong part."""
     from dogcat.data import IMAGE_SUFFIXES
 
     folder = Path(folder)
@@ -85,13 +86,13 @@ def score_neither_folder(classifier: Classifier, folder: str | Path) -> dict:
         parts = path.relative_to(folder).parts
         categories.setdefault(parts[0] if len(parts) > 1 else ".", []).append(prediction)
     counts = verdict_counts(p for _, p in read)
-    return {
-        "folder": str(folder), "count": len(read), "flagged": counts[NEITHER] / len(read), "verdicts": counts,
-        "categories": {
-            name: {"count": len(items), "flagged": sum(p.verdict == NEITHER for p in items) / len(items)}
-            for name, items in sorted(categories.items())
-        },
-    }
+
+    def shares(items) -> dict:
+        return {"count": len(items), "flagged": sum(p.verdict not in (CAT, DOG) for p in items) / len(items),
+                "neither": sum(p.verdict == NEITHER for p in items) / len(items)}
+
+    return {"folder": str(folder), **shares([p for _, p in read]), "verdicts": counts,
+            "categories": {name: shares(items) for name, items in sorted(categories.items())}}
 
 
 def verdict_counts(predictions) -> dict[str, int]:
@@ -142,9 +143,11 @@ def format_metrics(metrics: dict) -> str:
         lines.append(f"accuracy on the photos judged cat or dog  {metrics['accuracy_judged']:.4f}")
     if "neither_folder" in metrics:
         folder = metrics["neither_folder"]
-        lines.append(f"neither folder  {folder['flagged']:.2%} of {folder['count']} photos called neither ({folder['folder']})")
+        lines.append(f"neither folder  {folder['flagged']:.2%} of {folder['count']} photos not called a cat or a dog, "
+                     f"{folder['neither']:.2%} neither ({folder['folder']})")
         if len(folder["categories"]) > 1:
-            lines.extend(f"  {name:<16} {c['flagged']:7.2%} of {c['count']}" for name, c in folder["categories"].items())
+            lines.extend(f"  {name:<16} {c['flagged']:7.2%} of {c['count']} ({c['neither']:.2%} neither)"
+                         for name, c in folder["categories"].items())
     if metrics["skipped"]:
         lines.append(f"skipped {len(metrics['skipped'])} unreadable files")
     return "\n".join(lines)

@@ -154,12 +154,12 @@ def _set_metadata(proto, metadata: dict[str, str]) -> None:
 
 
 def fit_detector_beside(model_path: str | Path, data_dir: str | Path, turn_away: float | None = None,
-                        log=print) -> Path:
+                        unsure_share: float | None = None, log=print) -> Path:
     """Fit the "neither" detector for a `.keras` model on a prepared dataset and write it beside the model.
 
     Features come from the served path (`Classifier.predict`, ONNX Runtime when a matching
-    export exists), for the training split (the reference) and the validation split (the
-    threshold). The ImageNet head (dogcat.detector) is used when the model's features still read
+    export exists), for the training and validation splits (the user's own cats and dogs, which
+    set every threshold, out of fold). The ImageNet head (dogcat.detector) is used when the model's features still read
     ImageNet classes: the share of validation photos whose top class is among the frozen ImageNet
     network's top 5 is measured here (that network needs Keras and the ImageNet weights; without them
     the detector is distance alone, and says so).
@@ -176,6 +176,7 @@ def fit_detector_beside(model_path: str | Path, data_dir: str | Path, turn_away:
 
     model_path = Path(model_path)
     turn_away = PredictConfig.turn_away if turn_away is None else turn_away
+    unsure_share = max(PredictConfig.unsure_share, turn_away) if unsure_share is None else unsure_share
     classifier = Classifier.from_path(model_path)
     if not classifier.runner.has_features:
         raise ArtifactError(f"The model's runtime gives no pooled features (run `dogcat export {model_path}` again). "
@@ -200,15 +201,15 @@ def fit_detector_beside(model_path: str | Path, data_dir: str | Path, turn_away:
         if reference is not None:  # the model's top class among the frozen network's top 5 (breeds blur at top 1)
             top5 = np.argsort(-head.logits(reference), axis=1)[:, :5]
             agreement = float(np.mean((top5 == head.logits(features["val"]).argmax(axis=1)[:, None]).any(axis=1)))
-    detector = fit_detector(features["train"], labels["train"], features["val"], file_sha256(model_path),
-                            FEATURE_BLOCKS, turn_away, head, agreement)
+    detector = fit_detector(features["train"], labels["train"], features["val"], labels["val"], file_sha256(model_path),
+                            FEATURE_BLOCKS, turn_away, unsure_share, head, agreement)
     path = ModelFolder(model_path).detector
     detector.save(path)
     imagenet = ("not measured, head not used" if agreement is None else
                 f"top class in the frozen network's top 5 on {agreement:.1%} of val, "
                 + ("head used" if detector.head else f"head not used (under {MIN_IMAGENET_AGREEMENT:.0%})"))
-    log(f"detector: {path} ({len(features['train'])} training photos, threshold {detector.threshold:.4f}, "
-        f"{detector.info['val_turned_away']:.1%} of val turned away; ImageNet: {imagenet})")
+    log(f"detector: {path} ({len(features['train'])} training and {len(features['val'])} validation photos, "
+        f"{detector.info['out_of_fold_far']:.1%} of them far out of fold; ImageNet: {imagenet})")
     return path
 
 

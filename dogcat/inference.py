@@ -365,39 +365,39 @@ class Classifier:
             return [Prediction(name, error=item) for name, item in zip(names, decoded, strict=True)]
         inputs = to_model_input(np.stack([image for image, _ in good]))
         probabilities, features, maps = self._run(inputs, explain)
-        neither, looks_like = [None] * len(good), [None] * len(good)
+        neither, unsure, looks_like = [None] * len(good), np.zeros(len(good), bool), [None] * len(good)
         if self.detector is not None and features is not None:
             judged = self.detector.judge(features)
-            neither, looks_like = judged.neither, judged.looks_like
+            neither, unsure, looks_like = judged.neither, judged.unsure, judged.looks_like
         recheck = getattr(self.runner, "recheck", None)
-        if recheck is not None and features is not None and np.any(neither):
-            # int8's features move the detector's distances: a photo int8 calls "neither" is
-            # judged again on float32's, as an unsure label is (OnnxRunner).
-            rows = np.flatnonzero(neither)
+        if recheck is not None and self.detector is not None and features is not None and np.any(neither | unsure):
+            # int8's features move the detector's distances: a photo int8 calls "neither" or doubts
+            # is judged again on float32's, as an unsure label is (OnnxRunner).
+            rows = np.flatnonzero(neither | unsure)
             again = recheck(inputs[rows], explain)
             probabilities[rows], features[rows] = again[0], again[1]
             if explain:
                 maps[rows] = again[2]
             judged = self.detector.judge(again[1])
-            neither[rows] = judged.neither
+            neither[rows], unsure[rows] = judged.neither, judged.unsure
             for row, seen in zip(rows, judged.looks_like, strict=True):
                 looks_like[row] = seen
         if features is None:
             features = [None] * len(good)
         # Each photo's map for the class it was labelled (argmax), whatever its verdict.
         heatmaps = [m[..., int(np.argmax(p))] for m, p in zip(maps, probabilities, strict=True)] if explain else [None] * len(good)
-        results = iter(zip(good, probabilities, neither, looks_like, features, heatmaps, strict=True))
+        results = iter(zip(good, probabilities, neither, unsure, looks_like, features, heatmaps, strict=True))
         predictions = []
         for name, item in zip(names, decoded, strict=True):
             if isinstance(item, str):
                 predictions.append(Prediction(name, error=item))
                 continue
-            (_, size), row, is_neither, seen, pooled, heatmap = next(results)
+            (_, size), row, is_neither, is_unsure, seen, pooled, heatmap = next(results)
             if not np.isfinite(row).all() or (pooled is not None and not np.isfinite(pooled).all()):  # never a verdict
                 predictions.append(Prediction(name, error=NON_FINITE))
                 continue
             named = {self.class_names[c]: float(p) for c, p in enumerate(row)}
-            verdict = decide(named, size, None if is_neither is None else bool(is_neither), rules)
+            verdict = decide(named, size, None if is_neither is None else bool(is_neither), rules, bool(is_unsure))
             text = describe(verdict, named, size, rules)
             predictions.append(Prediction(name, named, verdict=verdict, text=text, size=size, looks_like=seen,
                                           features=pooled, heatmap=heatmap))

@@ -86,8 +86,10 @@ def image_error_code(error: ImageError) -> tuple[int, str]:
 # and a field added there appears here without a second edit.
 
 class LooksLike(BaseModel):
-    name: str
+    name: str = Field(description="ImageNet's most probable class, by its everyday name")
     probability: float
+    imagenet_id: str | None = Field(None, description="its WordNet id, e.g. n02125311")
+    group: str | None = Field(None, description="its kind (dogcat.imagenet_groups): dog, house_cat, big_cat, ...")
 
 
 class Row(BaseModel):
@@ -100,6 +102,8 @@ class Row(BaseModel):
     probabilities: dict[str, float] | None = None
     size: list[int] | None = Field(None, description="the photo's upright width and height")
     looks_like: LooksLike | None = None
+    reason: str | None = Field(None, description="what it looks like, where that says something: "
+                               "'looks like a cougar (93%), not a house cat'")
     error: str | None = Field(None, description="why this photo could not be classified")
     error_code: str | None = Field(None, description="with `error` in a batch: unreadable_image, too_large or "
                                    "unsupported_format")

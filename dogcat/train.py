@@ -169,7 +169,8 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
     # the model: a finished run folder serves verdicts as it is (dogcat.detector).
     if deployable:
         export_onnx(run_dir / MODEL_FILENAME)
-        fit_detector_beside(run_dir / MODEL_FILENAME, config.data.dir, config.predict.turn_away, log)
+        fit_detector_beside(run_dir / MODEL_FILENAME, config.data.dir, config.predict.turn_away,
+                            config.predict.unsure_share, log)
     best = next(row for row in history if row["epoch"] == state["best_epoch"])
     metrics = {
         "best_epoch": state["best_epoch"],

@@ -25,12 +25,15 @@ VERDICTS = (CAT, DOG, NEITHER, UNSURE, TOO_SMALL)
 
 
 class LooksLike(NamedTuple):
-    """A photo's most probable ImageNet class: its readable name, its probability, and "cat" or
-    "dog" where the class is a domestic cat or a dog breed (else None)."""
+    """A photo's most probable ImageNet class: its everyday name ("tabby cat" for ImageNet's "tiger
+    cat"), its probability, "cat" or "dog" where the class is a domestic cat or a dog breed (else
+    None), its ImageNet (WordNet) id and its group (dogcat.imagenet_groups: "big_cat", "ungulate"...)."""
 
     name: str
     probability: float
     animal: str | None = None
+    imagenet_id: str | None = None
+    group: str | None = None
 
 
 @dataclass(frozen=True)
@@ -70,13 +73,14 @@ class Prediction:
         seen = self.looks_like
         return {"path": printable(self.source), "verdict": self.verdict, "label": self.label, "probabilities": self.probabilities,
                 "size": None if self.size is None else list(self.size),
-                "looks_like": None if seen is None else {"name": seen.name, "probability": seen.probability},
-                "error": self.error}
+                "looks_like": None if seen is None else {"name": seen.name, "probability": seen.probability,
+                                                         "imagenet_id": seen.imagenet_id, "group": seen.group},
+                "reason": self.hint, "error": self.error}
 
     @property
     def hint(self) -> str | None:
-        """"looks like a tiger (84%)" where that says something (`hint`), else None."""
-        return hint(self.verdict, self.looks_like)
+        """"looks like a cougar (85%), not a house cat" where that says something (`hint`), else None."""
+        return hint(self.verdict, self.looks_like, self.label)
 
     @property
     def sentence(self) -> str | None:
@@ -98,18 +102,19 @@ class VerdictRules:
 
 
 def decide(probabilities: dict[str, float], size: tuple[int, int] | None, is_neither: bool | None,
-           rules: VerdictRules = VerdictRules()) -> str:
+           rules: VerdictRules = VerdictRules(), is_unsure: bool = False) -> str:
     """The one verdict function: too_small, neither, unsure, or the top class, in that order.
 
     Too small comes first: it is the more useful explanation for a thumbnail, which the
-    detector may also find unusual. `is_neither` is None without a detector.
+    detector may also find unusual. `is_neither` is None without a detector; `is_unsure` is the
+    detector's doubt (an unusual photo, or one that looks more like a wolf than any pet did).
     """
     if size is not None and min(size) < rules.min_side:
         return TOO_SMALL
     if is_neither:
         return NEITHER
     label = max(probabilities, key=probabilities.__getitem__)
-    return label if probabilities[label] >= rules.unsure_below else UNSURE
+    return label if probabilities[label] >= rules.unsure_below and not is_unsure else UNSURE
 
 
 def describe(verdict: str, probabilities: dict[str, float], size: tuple[int, int] | None,
@@ -125,15 +130,30 @@ def describe(verdict: str, probabilities: dict[str, float], size: tuple[int, int
     return f"{verdict[0].upper()}{verdict[1:]}"
 
 
-def hint(verdict: str | None, looks_like: LooksLike | None) -> str | None:
+def hint(verdict: str | None, looks_like: LooksLike | None, label: str | None = None) -> str | None:
     """What the photo looks like, where that says something: for "neither" and "unsure" always,
     for a cat or a dog only when ImageNet's top class is a breed of that animal; never for a
-    photo too small to judge."""
+    photo too small to judge. Where the classifier's `label` was a cat or a dog and ImageNet sees
+    another animal, "neither" says so: "looks like a cougar (85%), not a house cat"."""
     if looks_like is None or verdict in (None, TOO_SMALL):
         return None
     if verdict in (CAT, DOG) and looks_like.animal != verdict:
         return None
-    return looks_like_text(looks_like)
+    said = looks_like_text(looks_like)
+    if verdict == NEITHER and label in PET_NAMES and looks_like.group in OTHER_ANIMALS:
+        said += f", not {PET_NAMES[label]}"
+    return said
+
+
+# The classifier's two labels as a pet owner says them, after "not": a cougar is "not a house cat".
+PET_NAMES = {CAT: "a house cat", DOG: "a dog"}
+# ImageNet groups that are animals other than pets (dogcat.imagenet_groups.GROUPS less dogs, house cats,
+# things, food, plants and people): "looks like a car, not a house cat" would say nothing new.
+OTHER_ANIMALS = frozenset({
+    "wild_cat", "big_cat", "wild_canine", "bear", "mustelid", "other_carnivore", "rodent_rabbit", "primate",
+    "ungulate", "elephant", "marsupial", "xenarthran", "marine_mammal", "bird", "fish", "reptile_amphibian",
+    "invertebrate",
+})
 
 
 def looks_like_text(looks_like: LooksLike) -> str:

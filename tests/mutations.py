@@ -75,8 +75,7 @@ MUTATIONS = [
     ),
     Mutation(
         "the ImageNet head ignored: every far photo is neither", "dogcat/detector.py",
-        "        return Judgement(far & (pet < self.info.get(\"pet_at_least\", PET_AT_LEAST)), self.head.looks_like(logits))",
-        "        return Judgement(far, self.head.looks_like(logits))",
+        "        neither = (far & ~pet_seen) | (", "        neither = far | (",
         ("tests/test_verdict.py::test_a_far_photo_is_neither_only_where_imagenet_sees_no_pet",
          "tests/test_verdict.py::test_a_dog_unlike_the_training_photos_is_a_dog_and_a_tiger_is_neither"),
     ),
@@ -160,9 +159,55 @@ MUTATIONS = [
     ),
     Mutation(
         "detector threshold one rank off", "dogcat/detector.py",
-        "[min(allowed, len(val_scores) - 1)]",
-        "[min(allowed + 1, len(val_scores) - 1)]",
-        ("tests/test_verdict.py::test_the_threshold_turns_away_the_chosen_share_of_validation_photos",),
+        "[min(allowed, len(scores) - 1)]",
+        "[min(allowed + 1, len(scores) - 1)]",
+        ("tests/test_verdict.py::test_the_thresholds_turn_away_the_chosen_shares_of_the_pets_out_of_fold",),
+    ),
+    Mutation(
+        "detector thresholds set on in-sample distances, not out of fold", "dogcat/detector.py",
+        "            distances[held_out] = _fit_block(name, part[~held_out], labels[~held_out])",
+        "            distances[held_out] = _fit_block(name, part, labels)",
+        ("tests/test_verdict.py::test_the_thresholds_turn_away_the_chosen_shares_of_the_pets_out_of_fold",),
+    ),
+    Mutation(
+        "no never-a-pet veto: a cougar near the cats is a cat", "dogcat/detector.py",
+        "        neither = (far & ~pet_seen) | (probabilities[:, NEVER_PET].sum(axis=1) > self.info[\"never_pet_at\"])",
+        "        neither = far & ~pet_seen",
+        ("tests/test_verdict.py::test_imagenet_vetoes_by_kind_never_by_a_class_pets_are_read_as",
+         "tests/test_verdict.py::test_a_cougar_called_a_cat_is_neither_and_says_why"),
+    ),
+    Mutation(
+        "look-alikes (wolves, ferrets, lynx) never make a photo unsure", "dogcat/detector.py",
+        "            unsure |= _margin_over_pets(probabilities, rows) > self.info[\"lookalike_at\"][kind]",
+        "            pass",
+        ("tests/test_verdict.py::test_imagenet_vetoes_by_kind_never_by_a_class_pets_are_read_as",
+         "tests/test_verdict.py::test_a_far_pet_is_kept_by_a_lynx_reading_but_a_near_cougar_is_not"),
+    ),
+    Mutation(
+        "the lynx no longer rescues a far photo", "dogcat/detector.py",
+        'RESCUE = _head_rows("dog", "house_cat", wnids=(LYNX,))', 'RESCUE = _head_rows("dog", "house_cat")',
+        ("tests/test_verdict.py::test_a_far_pet_is_kept_by_a_lynx_reading_but_a_near_cougar_is_not",),
+    ),
+    Mutation(
+        "looks_like shows ImageNet's own name (tiger cat for a tabby)", "dogcat/detector.py",
+        "            seen.append(LooksLike(kind.readable_name,", "            seen.append(LooksLike(self.names[i],",
+        ("tests/test_verdict.py::test_looks_like_uses_everyday_names_and_keeps_the_imagenet_id",),
+    ),
+    Mutation(
+        "neither does not say it is not a house cat", "dogcat/verdict.py",
+        '        said += f", not {PET_NAMES[label]}"', "        pass",
+        ("tests/test_verdict.py::test_neither_says_what_it_sees_when_imagenet_and_the_classifier_disagree",),
+    ),
+    Mutation(
+        "the detector's doubt is not a verdict", "dogcat/verdict.py",
+        "rules.unsure_below and not is_unsure else UNSURE", "rules.unsure_below else UNSURE",
+        ("tests/test_verdict.py::test_a_cougar_called_a_cat_is_neither_and_says_why",),
+    ),
+    Mutation(
+        "int8 does not recheck what the detector doubts", "dogcat/inference.py",
+        "            rows = np.flatnonzero(neither | unsure)", "            rows = np.flatnonzero(neither)",
+        ("tests/test_bulk.py::test_int8_keeps_float32s_labels_accuracy_and_log_loss_on_real_photos",
+         "tests/test_bulk.py::test_the_shipped_int8_twin_is_tied_to_the_shipped_model_and_gives_its_verdicts"),
     ),
     Mutation(
         "Image.open without the formats= list", "dogcat/preprocessing.py",

@@ -274,6 +274,7 @@ def test_batch_on_a_cluster_gives_predicts_rows_and_an_error_row_per_bad_file(
         assert [row["width"], row["height"]] == cli["size"]
         assert row["looks_like"] == cli["looks_like"]["name"], path  # the detector's ImageNet head, on every node
         assert abs(row["p_looks_like"] - cli["looks_like"]["probability"]) <= 1e-6, path
+        assert row["reason"] == cli["reason"], path
     assert {Path(p).name for p, r in rows.items() if r["error"]} == {
         "text.jpg", "empty.png", "truncated.jpg", "huge.png"}
 

@@ -55,7 +55,7 @@ def test_predict_json_glob_and_missing_path(photos, tiny_model_dir, capsys):
     assert [line["path"].rsplit("/", 1)[-1] for line in lines] == ["cat.0.jpg", "dog.0.jpg", "nope.jpg"]
     assert set(lines[0]["probabilities"]) == {"cat", "dog"}
     assert lines[2] == {"path": str(photos / "nope.jpg"), "verdict": None, "label": None, "probabilities": None,
-                        "size": None, "looks_like": None, "error": "no such file"}
+                        "size": None, "looks_like": None, "reason": None, "error": "no such file"}
 
 
 def test_predict_table_exits_zero_when_every_file_is_read(photos, tiny_model_dir, capsys):
