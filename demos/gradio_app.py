@@ -25,7 +25,13 @@ import gradio as gr
 from dogcat.detector import DESCRIPTION
 from dogcat.explain import overlay
 from dogcat.inference import Classifier
-from dogcat.preprocessing import MAX_FILE_BYTES
+from dogcat.preprocessing import (
+    FORMAT_NAMES,
+    IMAGE_SUFFIXES,
+    MAX_FILE_BYTES,
+    ImageError,
+    load_image,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -111,6 +117,28 @@ def show(image: dict[str, Any] | str | None, explain: bool = False) -> tuple:
     return verdict, probabilities, record, gr.Image(value=looked, visible=looked is not None)
 
 
+def from_file(file: dict[str, Any] | str | None) -> tuple:
+    """A photo chosen with the file button, for the photo box: its upright pixels as a lossless PNG.
+
+    The photo box accepts only what the browser calls image/*, and a browser that cannot show HEIC
+    (Chrome, Firefox) often gives a .heic file no type at all, so an iPhone photo is refused there.
+    The button picks by extension instead; dogcat decodes the photo (same limits as any upload) and
+    the PNG it shows is classified like any photo, with the same pixels, so the same verdict.
+    """
+    path = file.get("path") if isinstance(file, dict) else file
+    if not path:
+        return gr.update(), *(gr.update() for _ in range(4))
+    name = (file.get("orig_name") if isinstance(file, dict) else None) or Path(path).name
+    try:
+        picture = load_image(path)
+    except ImageError as error:
+        reason = str(error).removeprefix(f"{path}: ")
+        return gr.update(), f"Cannot read {name}: {reason}.", None, None, gr.Image(value=None, visible=False)
+    shown = Path(path).with_name(f"{Path(name).stem}.png")  # beside the upload, in Gradio's cache
+    picture.save(shown, compress_level=1)
+    return str(shown), *(gr.update() for _ in range(4))
+
+
 with gr.Blocks(title="dogcat: cat or dog?", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
     gr.Markdown(
         "# Cat, dog, or neither?\n"
@@ -124,6 +152,9 @@ with gr.Blocks(title="dogcat: cat or dog?", analytics_enabled=False, delete_cach
         # corrupt file is reported by dogcat in one line instead of failing inside Gradio.
         with gr.Column():
             image_input = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"])
+            # By extension, so an iPhone's HEIC is accepted in any browser (see from_file).
+            file_input = gr.UploadButton(f"Choose a photo file ({FORMAT_NAMES})", size="sm",
+                                         file_types=sorted(IMAGE_SUFFIXES), variant="secondary")
             explain_input = gr.Checkbox(label="Show where it looked (a heatmap over the photo)", value=False)
         with gr.Column():
             verdict_output = gr.Label(label="Verdict")
@@ -136,6 +167,8 @@ with gr.Blocks(title="dogcat: cat or dog?", analytics_enabled=False, delete_cach
     with gr.Row():
         gr.ClearButton([image_input, *outputs])
         submit = gr.Button("Classify", variant="primary")
+    file_input.upload(from_file, inputs=[file_input], outputs=[image_input, *outputs], api_visibility="private",
+                      preprocess=False, concurrency_limit=CONCURRENCY_LIMIT)
     gr.Examples(examples=[[str(path)] for path in EXAMPLES], inputs=[image_input], cache_examples=False)
     # The page classifies as soon as a photo arrives or the checkbox changes; the button stays for a
     # second look. These are private: /predict below remains the one API endpoint.

@@ -18,7 +18,7 @@ from dogcat.detector import DESCRIPTION
 from dogcat.explain import overlay
 from dogcat.inference import Classifier, Prediction
 from dogcat.model_folder import ModelFolder
-from dogcat.preprocessing import ImageError, load_image
+from dogcat.preprocessing import FORMAT_NAMES, ImageError, load_image
 from dogcat.verdict import NEITHER, TOO_SMALL, UNSURE, VERDICTS, VerdictRules
 
 UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)  # what the CLI and Gradio read, too
@@ -149,7 +149,7 @@ def main() -> None:
     rules, use_camera, explain = sidebar(model_path)
     uploads = collect_uploads(use_camera)
     if not uploads:
-        st.info("Upload one or more photos (JPEG, PNG, WebP, BMP or GIF) to classify them.")
+        st.info(f"Upload one or more photos ({FORMAT_NAMES}) to classify them.")
         return
     # The spinner takes the upload prompt's place at once, so the prompt does not linger, faded,
     # beside the listed files while the photos are classified.

@@ -35,10 +35,10 @@ from pathlib import Path
 import numpy as np
 
 from dogcat.artifacts import BATCH_RUNTIMES, ArtifactError
-from dogcat.data import IMAGE_SUFFIXES, DataError, expand_paths
+from dogcat.data import IMAGE_SUFFIXES, DataError, expand_paths, skipped_line
 from dogcat.errors import DogcatError
 from dogcat.model_folder import ModelFolder
-from dogcat.preprocessing import MAX_FILE_BYTES
+from dogcat.preprocessing import FORMAT_NAMES, MAX_FILE_BYTES
 from dogcat.printable import printable
 
 FILES_PER_BLOCK = 256  # the unit of work Ray schedules, and of one Parquet file (what a resume can skip)
@@ -64,11 +64,13 @@ class BatchReport:
     errors: int
     out_dir: str
     retried: int = 0
+    skipped: int = 0  # files in the folders given left out for their extension (named in the log)
 
     def summary(self) -> str:
         again = f", {self.retried} of them retried after an error" if self.retried else ""
+        left_out = f", {self.skipped} skipped (not an image by their extension)" if self.skipped else ""
         return (f"{self.classified} file(s) classified ({self.errors} with an error){again}, {self.already_done} already in "
-                f"{self.out_dir}, {self.found} found")
+                f"{self.out_dir}, {self.found} found{left_out}")
 
 
 @dataclass(frozen=True)
@@ -122,9 +124,12 @@ def run_batch(paths: list[str], out_dir: str, model_path: str | Path | None = No
                             f"Received: runtime={runtime!r}")
     if actors is not None and actors < 1:
         raise ArtifactError(f"actors must be at least 1. Received: actors={actors}")
-    found = list_files(paths)  # the cheap checks first: a typo is said in a second, not after the model loads
+    skipped: list[str] = []
+    found = list_files(paths, skipped)  # the cheap checks first: a typo is said in a second, not after the model loads
+    if skipped:
+        log(f"dogcat: {skipped_line(skipped)}")
     if not found:
-        raise DataError(f"No images found (JPEG, PNG, WebP, BMP or GIF). Received: paths={paths}")
+        raise DataError(f"No images found ({FORMAT_NAMES}). Received: paths={paths}")
     if address:
         check_address(address)
     model_files, image_size, warnings = _model_files(model_path, runtime)
@@ -137,7 +142,7 @@ def run_batch(paths: list[str], out_dir: str, model_path: str | Path | None = No
     todo = [path for path in found if printable(path) not in done]
     if not todo:
         log(f"dogcat: all {len(found)} file(s) are already in {out_dir}")
-        return BatchReport(len(found), len(found), 0, 0, out_dir)
+        return BatchReport(len(found), len(found), 0, 0, out_dir, skipped=len(skipped))
 
     started_here = not ray.is_initialized()
     if started_here:
@@ -187,7 +192,8 @@ def run_batch(paths: list[str], out_dir: str, model_path: str | Path | None = No
             ray.shutdown()
     now_done = done_paths(out_dir, log)
     errors = _count_errors(out_dir, {printable(path) for path in todo})
-    return BatchReport(len(found), len(found) - len(todo), len(now_done) - len(done), errors, out_dir, retried)
+    return BatchReport(len(found), len(found) - len(todo), len(now_done) - len(done), errors, out_dir, retried,
+                       len(skipped))
 
 
 def check_address(address: str) -> None:
@@ -205,13 +211,17 @@ def check_address(address: str) -> None:
                         f"running there? Received: address={address!r}") from None
 
 
-def list_files(patterns: list[str]) -> list[str]:
+def list_files(patterns: list[str], skipped: list[str] | None = None) -> list[str]:
     """Image files under `patterns`, as `dogcat predict` finds them; URIs (`s3://bucket/photos/`,
     `gs://.../*.jpg`) are listed through pyarrow's filesystem for their scheme. A local path that
     matches nothing is refused here, before Ray starts: it is a typo far more often than a file
-    that vanished."""
+    that vanished. `skipped`, if given, receives the files in the folders given left out for their
+    extension, so the job can count and name them."""
     local = [p for p in patterns if not _is_uri(p)]
-    found, missing = expand_paths(local) if local else ([], [])
+    left_out: list[Path] = []
+    found, missing = expand_paths(local, left_out) if local else ([], [])
+    if skipped is not None:
+        skipped.extend(map(str, left_out))
     # Absolute, so a row's path names its file whatever the folder a rerun starts in: `photos/a.jpg`
     # then `/home/me/photos/a.jpg` is the same file, resumed, not classified twice.
     found = [os.path.abspath(path) for path in found]
@@ -219,7 +229,7 @@ def list_files(patterns: list[str]) -> list[str]:
         raise DataError(f"No such file or folder: {', '.join(map(repr, missing[:5]))}"
                         f"{f' and {len(missing) - 5} more' if len(missing) > 5 else ''}. Received: paths={missing}")
     for uri in (p for p in patterns if _is_uri(p)):
-        found.extend(_list_uri(uri))
+        found.extend(_list_uri(uri, skipped))
     return sorted(dict.fromkeys(found))
 
 
@@ -390,8 +400,9 @@ def _absolute(out_dir: str) -> str:
     return out_dir if _is_uri(out_dir) else os.path.abspath(out_dir)
 
 
-def _list_uri(uri: str) -> list[str]:
-    """Image files under a URI folder, or matching a URI glob (`s3://bucket/2024/*/cat*.jpg`)."""
+def _list_uri(uri: str, skipped: list[str] | None = None) -> list[str]:
+    """Image files under a URI folder, or matching a URI glob (`s3://bucket/2024/*/cat*.jpg`);
+    `skipped`, if given, receives the other files there (not hidden ones)."""
     import pyarrow.fs
 
     scheme, _, rest = uri.partition("://")
@@ -413,8 +424,11 @@ def _list_uri(uri: str) -> list[str]:
         raise DataError(f"Cannot list {uri}: {error}. Received: path={uri!r}") from error
     prefix = uri[: len(scheme) + 3] if scheme != "file" else "file://"
     files = [f"{prefix}{i.path}" for i in listed if i.type == pyarrow.fs.FileType.File
-             and Path(i.base_name).suffix.lower() in IMAGE_SUFFIXES]
-    return [f for f in files if not magic or fnmatch.fnmatchcase(f, uri)]
+             and (not magic or fnmatch.fnmatchcase(f"{prefix}{i.path}", uri))]
+    if skipped is not None:
+        skipped.extend(f for f in files if Path(f).suffix.lower() not in IMAGE_SUFFIXES
+                       and not Path(f).name.startswith("."))
+    return [f for f in files if Path(f).suffix.lower() in IMAGE_SUFFIXES]
 
 
 def _read_uri(uri: str) -> io.BytesIO | Exception:

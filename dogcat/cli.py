@@ -361,20 +361,16 @@ def _predict(args: argparse.Namespace) -> int:
     place; stderr also names it when stdout is JSON or CSV (for a program, read by a person)."""
     from tqdm import tqdm
 
-    from dogcat.data import DataError, expand_in_order
+    from dogcat.data import DataError, expand_in_order, skipped_line
     from dogcat.inference import Prediction
+    from dogcat.preprocessing import FORMAT_NAMES
 
     skipped: list[Path] = []
     listed = expand_in_order(args.paths, skipped)
     if skipped:
-        from collections import Counter
-
-        counts = Counter(path.suffix.lower() or "(no extension)" for path in skipped)
-        shown = ", ".join(f"{printable(suffix)} ({count})" for suffix, count in sorted(counts.items()))
-        print(f"dogcat: skipped {len(skipped)} file(s) in the folders given, not JPEG, PNG, WebP, BMP or GIF by "
-              f"their extension: {shown}", file=sys.stderr)
+        print(f"dogcat: {skipped_line(skipped)}", file=sys.stderr)
     if not listed:
-        raise DataError(f"No images found (JPEG, PNG, WebP, BMP or GIF). Received: paths={args.paths}")
+        raise DataError(f"No images found ({FORMAT_NAMES}). Received: paths={args.paths}")
     if args.explain is not None and ((args.explain.exists() and not args.explain.is_dir())
                                      or not args.explain.parent.is_dir()):
         # Before any work: found out after classifying, it would lose every row.

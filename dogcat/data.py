@@ -28,13 +28,14 @@ from dogcat.artifacts import CLASS_NAMES, write_text_atomic
 from dogcat.errors import DogcatError
 from dogcat.preprocessing import (
     DEFAULT_IMAGE_SIZE,
+    FORMAT_NAMES,
+    IMAGE_SUFFIXES,
     ImageError,
     decode_image_with_size,
     read_image_bytes,
 )
 
 LABELS = tuple(CLASS_NAMES.values())  # ("cat", "dog"), index = class id
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp"}  # the formats preprocessing decodes
 SPLITS = ("train", "val", "test")
 MANIFEST_FIELDS = ("path", "label", "split", "sha256", "width", "height")
 
@@ -196,6 +197,23 @@ def walk(top: str | os.PathLike, onerror=None) -> Iterator[tuple[str, list[str],
             continue
         yield root, folders, names  # the caller may prune `folders`, as with os.walk
         stack.extend(os.path.join(root, name) for name in reversed(folders) if name in descend)
+
+
+def skipped_line(skipped: list[Path] | list[str], shown: int = 5) -> str:
+    """One line that counts the files left out of the folders given for their extension, by
+    extension, and names the first `shown`: a photo a user expected in the results is never
+    silently missing. Control characters in a name are written as escapes (one file, one line)."""
+    from collections import Counter
+
+    from dogcat.printable import printable
+
+    names = sorted(str(path) for path in skipped)
+    counts = Counter(Path(name).suffix.lower() or "(no extension)" for name in names)
+    by_kind = ", ".join(f"{printable(suffix)} ({count})" for suffix, count in sorted(counts.items()))
+    named = ", ".join(printable(name) for name in names[:shown])
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return (f"skipped {len(names)} file(s) in the folders given, not {FORMAT_NAMES} by their extension: {by_kind}: "
+            f"{named}{more}")
 
 
 def _label_from_name(name: str) -> str | None:

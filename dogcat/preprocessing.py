@@ -28,6 +28,7 @@ import warnings
 from typing import IO, Any
 
 import numpy as np
+import pillow_heif
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
 
 from dogcat.errors import DogcatError
@@ -42,10 +43,15 @@ MAX_FILE_BYTES = 50 * 1024 * 1024
 # plugins by magic bytes: rarely used ones crash on hostile bytes with IndexError or
 # NotImplementedError (QOI, DDS), and EPS hands the file to Ghostscript, an external interpreter.
 # These are what cameras, phones and browsers produce; GIF and animated WebP/PNG give their first
-# frame. No TIFF: no phone or browser uploads it, and libtiff's many codecs are attack surface
-# for nothing. The JPEG decoder also returns MPO, a JPEG carrying extra pictures (many phones).
-FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")
-FORMAT_NAMES = "JPEG, PNG, WebP, BMP or GIF"
+# frame. HEIC is what an iPhone saves by default (libheif, through pillow-heif, a core dependency);
+# AVIF is Pillow's own decoder (libavif, in Pillow's wheels since 11.3). No TIFF: no phone or
+# browser uploads it, and libtiff's many codecs are attack surface for nothing. The JPEG decoder
+# also returns MPO, a JPEG carrying extra pictures (many phones).
+pillow_heif.register_heif_opener()  # Pillow format "HEIF": .heic and .heif files, the first picture
+FORMATS = ("JPEG", "PNG", "WEBP", "HEIF", "AVIF", "BMP", "GIF")
+FORMAT_NAMES = "JPEG, PNG, WebP, HEIC, AVIF, BMP or GIF"
+# What folders are searched for and uploaders accept: the suffixes of the FORMATS.
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif", ".bmp", ".gif"}
 _JPEG_FORMATS = ("JPEG", "MPO")  # libjpeg can decode these at 1/2, 1/4 or 1/8 scale (draft)
 # Per-image decode budget: the most one decode holds at its peak, charged from the header before
 # any pixel is decoded (_decode_cost): the full-size picture in its decoded mode (Pillow keeps
@@ -53,16 +59,19 @@ _JPEG_FORMATS = ("JPEG", "MPO")  # libjpeg can decode these at 1/2, 1/4 or 1/8 s
 # decoder keeps beside it, one band of rows being converted, and the output (for the model, the
 # picture resized across to 224 px but still full height). JPEGs count at their draft scale, so a
 # 108-megapixel phone photo costs ~14 MP, except progressive ones: libjpeg keeps every DCT
-# coefficient of the full-size picture, 2-6 bytes a pixel whatever the scale. PNG, WebP, BMP and GIF
-# cannot be decoded at reduced scale: 192 MiB admits about 46 MP in RGB(A), palette or grey up to
-# MAX_PIXELS, WebP about 12 MP (its decoder's buffers): far above any screenshot or browser
+# coefficient of the full-size picture, 2-6 bytes a pixel whatever the scale. PNG, WebP, HEIC, AVIF,
+# BMP and GIF cannot be decoded at reduced scale: 192 MiB admits about 46 MP in RGB(A), palette or
+# grey up to MAX_PIXELS, WebP about 12 MP (its decoder's buffers), HEIC about 24 MP and AVIF about
+# 19 MP (a 12 or 48 MP iPhone saves HEIC at 12 or 24 MP): far above any screenshot or browser
 # upload. A 50 MP RGB PNG is refused; the same photo as a JPEG passes.
 MAX_DECODE_BYTES = 192 * 2**20
 _RGB_PIXEL_BYTES = 4
 _PIXEL_BYTES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16L": 2, "I;16B": 2, "I;16N": 2}  # others: 4
 # Held beside the picture while decoding: libwebp decodes the frame into its own buffer, blends it
 # onto a canvas, and Pillow copies the canvas out (WebPImagePlugin): three more RGBA pictures.
-_DECODER_PIXEL_BYTES = {"WEBP": 12}
+# libheif and libavif hold the decoded YCbCr planes and an RGB copy that Pillow copies out
+# (measured on 12-megapixel photos: 2.5 and 4.5 bytes a pixel above the picture).
+_DECODER_PIXEL_BYTES = {"WEBP": 12, "HEIF": 4, "AVIF": 6}
 # A band of rows of the upright picture is made RGB at a time: about this many pixels (1 MiB in
 # RGB), never under one row nor under one block of a thumbnail's reduction.
 _BAND_PIXELS = 2**18

@@ -7,7 +7,7 @@
     OUT/models/            the model, its class names and the metrics files found beside it
     OUT/examples/          the demo's example photos and their licences
     OUT/requirements.txt   the versions installed here, pinned: with a matching ONNX export beside
-                           the model, only Gradio, ONNX Runtime, Pillow and NumPy (no TensorFlow);
+                           the model, only Gradio, ONNX Runtime, Pillow (with pillow-heif) and NumPy (no TensorFlow);
                            otherwise Keras and CPU-only TensorFlow as well
     OUT/README.md          Spaces front matter + a model card whose numbers are read from files
     OUT/.gitattributes     Git LFS rules for the binary files, for a `git push` of the folder
@@ -66,9 +66,9 @@ NOT_VENDORED = ("__pycache__", "*.pyc", "_models", "_demos")
 # tensorflow-cpu: a Space has no GPU, and the CPU wheel is a fraction of the size.
 # A model with a matching ONNX twin (`dogcat export`) is served by ONNX Runtime, which needs
 # neither Keras nor TensorFlow: the Space installs only what that path imports.
-ONNX_REQUIREMENTS = ("gradio", "onnxruntime", "pillow", "numpy")
+ONNX_REQUIREMENTS = ("gradio", "onnxruntime", "pillow", "pillow-heif", "numpy")
 # Without one, the Space runs the .keras model itself.
-REQUIREMENTS = ("gradio", "keras", "tensorflow-cpu", "onnxruntime", "pillow", "numpy", "tqdm", "matplotlib")
+REQUIREMENTS = ("gradio", "keras", "tensorflow-cpu", "onnxruntime", "pillow", "pillow-heif", "numpy", "tqdm", "matplotlib")
 LFS_PATTERNS = ("*.keras", "*.onnx", "*.npz", "*.pkl", "*.png", "*.jpg")  # the Hub refuses binaries outside LFS
 # The card's Python example, run as it is against a served Space by the tests (test_gradio.py):
 # it must unpack exactly the outputs demos/gradio_app.py's /predict returns.

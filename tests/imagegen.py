@@ -64,11 +64,17 @@ def quadrants(size: tuple[int, int] = (90, 60)) -> Image.Image:
 
 def make_exif_jpeg(upright: Image.Image, orientation: int, **save_kwargs) -> bytes:
     """A JPEG whose stored pixels are `upright` turned per `orientation`, with the EXIF tag saying so."""
+    return make_exif_photo(upright, orientation, "JPEG", **save_kwargs)
+
+
+def make_exif_photo(upright: Image.Image, orientation: int, fmt: str, **save_kwargs) -> bytes:
+    """`upright` stored turned per `orientation`, the EXIF tag saying so, as a camera or phone writes it
+    in `fmt` (JPEG, HEIF, AVIF; pillow-heif moves the tag into HEIF's own rotation boxes, as an iPhone does)."""
     method = _TO_STORED[orientation]
     stored = upright.transpose(method) if method is not None else upright
     exif = Image.Exif()
     exif[ORIENTATION_TAG] = orientation
-    return encode(stored, "JPEG", exif=exif, quality=95, **save_kwargs)
+    return encode(stored, fmt, exif=exif.tobytes(), quality=95, **save_kwargs)
 
 
 def make_pet(label: str, seed: int, size: tuple[int, int] = (64, 48)) -> Image.Image:

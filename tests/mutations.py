@@ -33,6 +33,16 @@ class Mutation(NamedTuple):
 
 MUTATIONS = [
     Mutation(
+        "HEIC not registered with Pillow", "dogcat/preprocessing.py",
+        "pillow_heif.register_heif_opener()  #", "#",
+        ("tests/test_phone_photos.py::test_predict_and_the_python_api_read_phone_photos",),
+    ),
+    Mutation(
+        "phone photos left out of folder listings", "dogcat/preprocessing.py",
+        '".heic", ".heif", ".avif", ', "",
+        ("tests/test_phone_photos.py::test_folders_list_phone_photos_and_name_what_they_skip",),
+    ),
+    Mutation(
         "temperature folded into the last layer's bias only", "dogcat/calibration.py",
         "output.set_weights([np.asarray(w) / temperature for w in output.get_weights()])",
         "kernel, bias = output.get_weights()\n    output.set_weights([kernel, bias / temperature])",

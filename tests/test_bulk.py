@@ -279,6 +279,34 @@ def test_batch_on_a_cluster_gives_predicts_rows_and_an_error_row_per_bad_file(
         "text.jpg", "empty.png", "truncated.jpg", "huge.png"}
 
 
+def test_batch_reads_phone_photos_and_counts_and_names_the_files_it_skips(ray_cluster, shared_data, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    cat, dog = _real_photos(shared_data, 1)
+    with Image.open(cat) as photo:
+        photo.save(folder / "IMG_0001.HEIC", "HEIF", quality=90)
+    with Image.open(dog) as photo:
+        photo.save(folder / "IMG_0002.avif", "AVIF", quality=90)
+    shutil.copy(cat, folder / cat.name)
+    (folder / "notes.pdf").write_bytes(b"%PDF-1.4")
+    out = tmp_path / "out"
+    assert main(["batch", str(folder), "--out", str(out), "--model", str(SHIPPED_MODEL), "--address", ray_cluster]) == 0
+    captured = capsys.readouterr()
+    assert "3 file(s) classified (0 with an error), 0 already in" in captured.out
+    assert captured.out.rstrip().endswith("3 found, 1 skipped (not an image by their extension)"), captured.out
+    assert "dogcat: skipped 1 file(s) in the folders given" in captured.err, captured.err
+    assert str(folder / "notes.pdf") in captured.err, captured.err
+    rows = {Path(row["path"]).name: row for row in _rows(out)}
+    assert sorted(rows) == sorted([cat.name, "IMG_0001.HEIC", "IMG_0002.avif"])
+    expected = _predict_json([str(folder)], SHIPPED_MODEL, "onnx", capsys)
+    for row in rows.values():
+        assert row["error"] is None, row
+        assert (row["verdict"], row["label"]) == (expected[row["path"]]["verdict"], expected[row["path"]]["label"])
+    assert (rows["IMG_0001.HEIC"]["label"], rows["IMG_0002.avif"]["label"]) == ("cat", "dog")
+
+
 def test_batch_rerun_skips_done_files_and_sets_aside_a_cut_short_file(ray_cluster, int8_model, photo_folder, tmp_path, capsys):
     out = tmp_path / "out"
     photos = sorted(str(p) for p in photo_folder.glob("*.*.jpg"))

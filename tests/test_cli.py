@@ -128,7 +128,7 @@ def test_console_entry_point_reports_bad_input_without_a_traceback(tmp_path, tin
     )
     assert result.returncode == 1
     # The reason once, in the file's row; on stderr a one-line summary: no traceback, no backend chatter.
-    assert result.stdout.splitlines()[1].endswith("error: not an image, or not a supported format (JPEG, PNG, WebP, BMP or GIF)")
+    assert result.stdout.splitlines()[1].endswith("error: not an image, or not a supported format (JPEG, PNG, WebP, HEIC, AVIF, BMP or GIF)")
     warning, summary = result.stderr.splitlines()
     assert warning.startswith("dogcat: warning: no ")  # the tiny model has no detector beside it
     assert summary == "dogcat: 1 of 1 file(s) could not be read; their rows say why"

@@ -271,6 +271,8 @@ def make(kind, width, height):
         return enc(Image.new("RGB", size, (20, 40, 60)), "BMP")
     if kind == "WebP":
         return enc(Image.new("RGBA", size, (20, 40, 60, 128)), "WEBP", lossless=True)
+    if kind in ("HEIC", "AVIF"):  # a phone photo's formats, with chroma to decode and convert
+        return enc(Image.new("RGB", size, (90, 140, 60)), kind.replace("HEIC", "HEIF"), quality=50)
     if kind == "progressive JPEG":
         return enc(Image.new("RGB", size, (90, 10, 10)), "JPEG", quality=50, progressive=True)
     raise ValueError(kind)
@@ -280,7 +282,7 @@ def status(key):
         if line.startswith(key + ":"):
             return int(line.split()[1]) * 1024
 
-for fmt in ("PNG", "GIF", "BMP", "WEBP", "JPEG"):  # load each decoder once, outside the measurement
+for fmt in ("PNG", "GIF", "BMP", "WEBP", "JPEG", "HEIF", "AVIF"):  # load each decoder once, outside the measurement
     pp.decode_image(enc(Image.new("RGB", (8, 8)), fmt))
 results = []
 for kind, width, height, output in json.loads(sys.argv[1]):
@@ -313,7 +315,8 @@ def _peaks(cases: list[tuple[str, int, int, str]]) -> list[dict]:
 PATHS = [("P+tRNS PNG", 6000, 6000), ("L+tRNS PNG", 6000, 6000), ("LA PNG", 3500, 3500), ("RGBA PNG", 3500, 3500),
          ("RGB PNG, EXIF turned", 4000, 2500), ("RGB PNG strip, into a sliver when EXIF turned", 30000, 290),
          ("16-bit grey PNG", 4000, 4000), ("GIF", 6000, 5000),
-         ("BMP", 3500, 3000), ("WebP", 2800, 2800), ("progressive JPEG", 6000, 4000)]
+         ("BMP", 3500, 3000), ("WebP", 2800, 2800), ("HEIC", 4032, 3024), ("AVIF", 4032, 3024),
+         ("progressive JPEG", 6000, 4000)]
 
 
 @needs_linux_rss

@@ -48,16 +48,16 @@ def test_a_folder_without_images_is_one_line_naming_what_was_skipped(tmp_path, m
     assert main(["predict", str(tmp_path / "empty"), "--model", model]) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err == f"dogcat: error: No images found (JPEG, PNG, WebP, BMP or GIF). Received: paths={[str(tmp_path / 'empty')]}\n"
+    assert err == f"dogcat: error: No images found (JPEG, PNG, WebP, HEIC, AVIF, BMP or GIF). Received: paths={[str(tmp_path / 'empty')]}\n"
 
     others = tmp_path / "others"
     others.mkdir()
-    for name in ("a.heic", "b.HEIC", "c.pdf", ".DS_Store"):
+    for name in ("a.tiff", "b.TIFF", "c.pdf", ".DS_Store"):
         (others / name).write_bytes(b"x")
     assert main(["predict", str(others), "--model", model, "--csv"]) == 2
     skipped, error = capsys.readouterr().err.splitlines()
     assert skipped.startswith("dogcat: skipped 3 file(s)")
-    assert skipped.endswith(": .heic (2), .pdf (1)")
+    assert skipped.endswith(f": .pdf (1), .tiff (2): {others / 'a.tiff'}, {others / 'b.TIFF'}, {others / 'c.pdf'}")
     assert error.startswith("dogcat: error: No images found")
 
 

@@ -124,6 +124,31 @@ def test_bad_upload_is_a_one_line_gradio_error(app, tmp_path, content, reason):
     _assert_one_clean_line(caught.value.message, tmp_path)
 
 
+def test_a_phone_photo_chosen_by_file_is_shown_upright_and_classified_as_its_own_pixels(app, tmp_path):
+    """The photo box takes only what the browser calls image/*, and Chrome gives a .heic no type: the
+    file button picks by extension, and the photo box then shows (and classifies) its upright pixels."""
+    from PIL import Image
+
+    from tests.imagegen import make_exif_photo
+
+    (button,) = [block for block in app.demo.blocks.values() if isinstance(block, gr.UploadButton)]
+    assert {".heic", ".heif", ".avif", ".jpg"} <= set(button.file_types)
+    upload = tmp_path / "upload"
+    upload.mkdir()
+    phone = upload / "IMG_0042.HEIC"
+    phone.write_bytes(make_exif_photo(_drawn_photo("cat", 6, size=120).resize((120, 80)), 6, "HEIF"))
+    shown, *_ = app.from_file(_upload(phone))
+    with Image.open(shown) as picture:
+        assert (picture.format, picture.size) == ("PNG", (120, 80))  # upright, in a format every browser shows
+    assert app.predict(shown)[:2] == app.predict(_upload(phone))[:2]
+    assert app.predict(_upload(phone))[2]["file"] == "IMG_0042.HEIC"
+    broken = upload / "IMG_0043.HEIC"
+    broken.write_bytes(phone.read_bytes()[:60])
+    _, message, *_ = app.from_file(_upload(broken))
+    assert message.startswith("Cannot read IMG_0043.HEIC: "), message
+    _assert_one_clean_line(message, upload)
+
+
 @pytest.mark.parametrize("upload", [None, {"path": None, "orig_name": "x.jpg"}])
 def test_no_image_is_a_gradio_error(app, upload):
     with pytest.raises(gr.Error, match="No image received"):

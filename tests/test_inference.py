@@ -58,7 +58,7 @@ def test_predict_keeps_input_order_and_reports_each_bad_source(classifier):
     good = np.asarray(_drawn_photo("cat", 1))
     results = classifier.predict([b"", good, b"not an image", good], names=["e", "g1", "t", "g2"])
     assert [r.source for r in results] == ["e", "g1", "t", "g2"]
-    assert [r.error for r in results] == ["empty file", None, "not an image, or not a supported format (JPEG, PNG, WebP, BMP or GIF)", None]
+    assert [r.error for r in results] == ["empty file", None, "not an image, or not a supported format (JPEG, PNG, WebP, HEIC, AVIF, BMP or GIF)", None]
     assert results[1].probabilities == results[3].probabilities
     assert sum(results[1].probabilities.values()) == pytest.approx(1, abs=1e-5)
 

@@ -54,6 +54,19 @@ def test_each_photo_gets_a_label_and_both_probabilities(tiny_app):
     assert len(app.get("image")) == 2
 
 
+def test_phone_photos_are_accepted_and_classified(tiny_app):
+    from tests.imagegen import encode
+
+    assert {"heic", "heif", "avif"} <= {kind.lstrip(".") for kind in tiny_app.file_uploader(key="uploads").proto.type}
+    photo = _drawn_photo("cat", 1, size=96)
+    app = _upload(tiny_app, [("IMG_0001.HEIC", encode(photo, "HEIF", quality=90)),
+                             ("IMG_0002.avif", encode(photo, "AVIF", quality=90))])
+    assert not app.exception
+    assert not app.error, [e.value for e in app.error]
+    assert len(app.subheader) == 2
+    assert [image.proto.imgs[0].caption for image in app.get("image")] == ["IMG_0001.HEIC", "IMG_0002.avif"]
+
+
 def test_show_where_it_looked_adds_an_overlay_per_photo(tiny_app):
     files = [("a.jpg", _jpeg("cat", 1)), ("b.jpg", _jpeg("dog", 2)), ("bad.jpg", b"not a picture")]
     app = _upload(tiny_app, files)
