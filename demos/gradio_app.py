@@ -26,7 +26,6 @@ from dogcat.detector import DESCRIPTION
 from dogcat.explain import overlay
 from dogcat.inference import Classifier
 from dogcat.preprocessing import (
-    FORMAT_NAMES,
     IMAGE_SUFFIXES,
     MAX_FILE_BYTES,
     ImageError,
@@ -52,6 +51,17 @@ DELETE_CACHE = (3600, 3600)
 # Error toasts go after this many seconds (Gradio's default is 10): photos are classified as they
 # arrive, so the next photo's result should not sit under the last one's error.
 ERROR_SECONDS = 4
+
+# The probabilities are the classifier's, which it gives for any photo: a bar for "dog" under "Neither
+# a cat nor a dog" must say that it answers another question.
+PROBABILITIES_LABEL = "If it is a cat or a dog"
+NO_PHOTO = "Add a photo first: upload one, paste one, or pick an example below."
+ABOUT = (
+    "A MobileNetV2 fine-tuned with Keras 3 says whether a photo shows a cat or a dog, and what it looks "
+    "like. A photo of neither (try the astronaut and the rocket), too small a photo, or one the model is "
+    "unsure of, is said to be so. The bars under the verdict are the classifier's, which it gives for any "
+    "photo: how likely each answer is if the photo is of a cat or a dog.\n\n" + DESCRIPTION
+)
 
 CLASSIFIER = Classifier.from_path()
 for warning in CLASSIFIER.warnings:  # e.g. no detector beside the model: cat/dog verdicts only
@@ -117,6 +127,13 @@ def show(image: dict[str, Any] | str | None, explain: bool = False) -> tuple:
     return verdict, probabilities, record, gr.Image(value=looked, visible=looked is not None)
 
 
+def classify(image: dict[str, Any] | str | None, explain: bool = False) -> tuple:
+    """The Classify button: `show`, and with no photo yet, a sentence saying what to do instead of nothing."""
+    if not image:
+        return NO_PHOTO, None, None, gr.Image(value=None, visible=False)
+    return show(image, explain)
+
+
 def from_file(file: dict[str, Any] | str | None) -> tuple:
     """A photo chosen with the file button, for the photo box: its upright pixels as a lossless PNG.
 
@@ -140,26 +157,20 @@ def from_file(file: dict[str, Any] | str | None) -> tuple:
 
 
 with gr.Blocks(title="dogcat: cat or dog?", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
-    gr.Markdown(
-        "# Cat, dog, or neither?\n"
-        "Upload a photo: a MobileNetV2 fine-tuned with Keras 3 says whether it shows a cat or a dog, "
-        "and what it looks like. A photo of neither (try the astronaut and the rocket), too small a photo, "
-        "or one the model is unsure of, is said to be so. The probabilities below are the classifier's, "
-        "which it gives for any photo.\n\n" + DESCRIPTION
-    )
+    gr.Markdown("# Cat, dog, or neither?\nUpload a photo of your pet, or try one of the examples below.")
     with gr.Row():
         # preprocess=False below: the uploaded file goes to dogcat's decoder untouched, so a
         # corrupt file is reported by dogcat in one line instead of failing inside Gradio.
         with gr.Column():
             image_input = gr.Image(type="filepath", label="Photo", sources=["upload", "clipboard"])
             # By extension, so an iPhone's HEIC is accepted in any browser (see from_file).
-            file_input = gr.UploadButton(f"Choose a photo file ({FORMAT_NAMES})", size="sm",
+            file_input = gr.UploadButton("Choose a photo file (iPhone HEIC and AVIF too)", size="sm",
                                          file_types=sorted(IMAGE_SUFFIXES), variant="secondary")
             explain_input = gr.Checkbox(label="Show where it looked (a heatmap over the photo)", value=False)
         with gr.Column():
             verdict_output = gr.Label(label="Verdict")
             # Secondary, without a heading of its own: its top class never contradicts the verdict above.
-            label_output = gr.Label(num_top_classes=2, label="Probabilities (cat vs dog only)", show_heading=False)
+            label_output = gr.Label(num_top_classes=2, label=PROBABILITIES_LABEL, show_heading=False)
             overlay_output = gr.Image(type="filepath", label="Where it looked", format="png", interactive=False, visible=False)
             with gr.Accordion("Result for programs (JSON)", open=False):
                 result_output = gr.JSON(label="Result", show_label=False)
@@ -170,11 +181,15 @@ with gr.Blocks(title="dogcat: cat or dog?", analytics_enabled=False, delete_cach
     file_input.upload(from_file, inputs=[file_input], outputs=[image_input, *outputs], api_visibility="private",
                       preprocess=False, concurrency_limit=CONCURRENCY_LIMIT)
     gr.Examples(examples=[[str(path)] for path in EXAMPLES], inputs=[image_input], cache_examples=False)
+    with gr.Accordion("About", open=False):  # how it works, below the page: not what a pet owner reads first
+        gr.Markdown(ABOUT)
     # The page classifies as soon as a photo arrives or the checkbox changes; the button stays for a
     # second look. These are private: /predict below remains the one API endpoint.
-    for event in (submit.click, image_input.change, explain_input.change):
+    for event in (image_input.change, explain_input.change):
         event(show, inputs=[image_input, explain_input], outputs=outputs, api_visibility="private",
               preprocess=False, concurrency_limit=CONCURRENCY_LIMIT)
+    submit.click(classify, inputs=[image_input, explain_input], outputs=outputs, api_visibility="private",
+                 preprocess=False, concurrency_limit=CONCURRENCY_LIMIT)
     # The API: the same outputs, and a bad file is an error for the client, not a verdict.
     api = gr.Button(visible=False)
     api.click(predict, inputs=[image_input, explain_input], outputs=outputs, api_name="predict",

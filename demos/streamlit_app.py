@@ -26,6 +26,7 @@ PREVIEW_SIZE = 512  # photos are shown at most this wide; large JPEGs are decode
 ERROR = "error"  # the summary's name for uploads that could not be read
 VERDICT_NAMES = {"cat": "Cats", "dog": "Dogs", NEITHER: "Neither", UNSURE: "Not sure", TOO_SMALL: "Too small",
                  ERROR: "Unreadable"}
+PROBABILITIES_CAPTION = "If it is a cat or a dog:"
 # Below 1: at 1.00 every photo would be "not sure", even one the bars call 100%.
 MAX_THRESHOLD = 0.99
 
@@ -131,7 +132,9 @@ def show_prediction(upload: Upload, prediction: Prediction) -> None:
     if prediction.hint:
         verdict.markdown(f"{prediction.hint[0].upper()}{prediction.hint[1:]}")
         verdict.caption("ImageNet's best guess: a hint, not a claim.")
-    # Secondary: the classifier's two probabilities, which it gives for any photo.
+    # Secondary: the classifier's two probabilities, which it gives for any photo, so a bar for "dog"
+    # under "Neither a cat nor a dog" says which question it answers.
+    verdict.caption(PROBABILITIES_CAPTION)
     for label, probability in prediction.probabilities.items():
         verdict.progress(probability, text=f"{label}: {percent(probability)}")
 

@@ -384,7 +384,7 @@ MUTATIONS = [
     ),
     Mutation(
         "the Gradio probabilities keep a heading of their own", "demos/gradio_app.py",
-        'label="Probabilities (cat vs dog only)", show_heading=False)', 'label="Probabilities (cat vs dog only)")',
+        'label=PROBABILITIES_LABEL, show_heading=False)', 'label=PROBABILITIES_LABEL)',
         ("tests/test_gradio.py::test_the_probabilities_never_head_the_page",),
     ),
     Mutation(

@@ -173,9 +173,10 @@ def test_the_probabilities_never_head_the_page(app):
 def test_the_page_classifies_on_arrival_and_on_the_checkbox_and_keeps_errors_in_view(app, tmp_path):
     """Upload, the checkbox and the button rerun the page (privately: /predict stays the one endpoint);
     a bad file's reason takes the verdict's place and stays; the overlay panel shows only with an overlay."""
-    fns = [fn for fn in app.demo.fns.values() if fn.fn is app.show]
-    targets = {(type(app.demo.blocks[block_id]).__name__, event) for fn in fns for block_id, event in fn.targets}
-    assert targets == {("Image", "change"), ("Checkbox", "change"), ("Button", "click")}
+    fns = [fn for fn in app.demo.fns.values() if fn.fn in (app.show, app.classify)]
+    targets = {(fn.fn.__name__, type(app.demo.blocks[block_id]).__name__, event)
+               for fn in fns for block_id, event in fn.targets}
+    assert targets == {("show", "Image", "change"), ("show", "Checkbox", "change"), ("classify", "Button", "click")}
     assert all(fn.api_visibility == "private" and not fn.preprocess for fn in fns)
     assert all(fn.concurrency_limit == app.CONCURRENCY_LIMIT for fn in fns)
     cleared = app.show(None, False)  # the clear button: outputs cleared, no error
@@ -194,6 +195,28 @@ def test_the_page_classifies_on_arrival_and_on_the_checkbox_and_keeps_errors_in_
     with pytest.raises(gr.Error) as error:  # for an API client it stays an error
         app.predict(_upload(tmp_path / "bad.jpg"), False)
     assert error.value.duration == app.ERROR_SECONDS < 10
+
+
+def test_the_page_speaks_to_a_pet_owner_and_keeps_the_method_in_about(app, tmp_path):
+    """Above the photo box, one line a pet owner reads; the method (and its jargon) in an "About"
+    panel below; the bars say which question they answer; Classify with no photo says what to do."""
+    blocks = list(app.demo.blocks.values())
+    before_photo = blocks[: blocks.index(app.image_input)]
+    top = " ".join(block.value for block in before_photo if isinstance(block, gr.Markdown))
+    for jargon in ("MobileNetV2", "Keras", "ImageNet", "Mahalanobis", "pooled", "classifier"):
+        assert jargon not in top, jargon
+    assert len(top.split()) <= 20, top
+    (about,) = [block for block in blocks if isinstance(block, gr.Accordion) and block.label == "About"]
+    assert blocks.index(about) > blocks.index(app.image_input)
+    assert DESCRIPTION in app.ABOUT
+    assert any(isinstance(block, gr.Markdown) and block.value == app.ABOUT for block in blocks)
+    assert app.label_output.label == "If it is a cat or a dog"
+    message, *rest = app.classify(None, False)
+    assert message == "Add a photo first: upload one, paste one, or pick an example below."
+    assert rest[:2] == [None, None]
+    photo = tmp_path / "drawn.png"
+    _drawn_photo("cat", 5, size=96).save(photo)
+    assert app.classify(_upload(photo), False)[:2] == app.show(_upload(photo), False)[:2]
 
 
 def test_cli_demo_share_asks_gradio_for_a_public_link(tiny_model_dir, monkeypatch):

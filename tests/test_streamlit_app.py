@@ -50,6 +50,8 @@ def test_each_photo_gets_a_label_and_both_probabilities(tiny_app):
     assert len(app.subheader) == 2
     bars = [bar.value for bar in app.get("progress")]
     assert len(bars) == 4
+    # The bars answer another question than the heading ("Neither..." above "dog: 87%"): they say which.
+    assert [c.value for c in app.caption].count("If it is a cat or a dog:") == 2
     assert bars[0] + bars[1] == pytest.approx(100, abs=1)  # st.progress stores percent
     assert len(app.get("image")) == 2
 
