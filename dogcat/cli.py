@@ -371,13 +371,12 @@ def _predict(args: argparse.Namespace) -> int:
         print(f"dogcat: {skipped_line(skipped)}", file=sys.stderr)
     if not listed:
         raise DataError(f"No images found ({FORMAT_NAMES}). Received: paths={args.paths}")
-    if args.explain is not None and ((args.explain.exists() and not args.explain.is_dir())
-                                     or not args.explain.parent.is_dir()):
+    if args.explain is not None and args.explain.exists() and not args.explain.is_dir():
         # Before any work: found out after classifying, it would lose every row.
-        raise DataError(f"--explain must name a folder, or one to create inside an existing folder. "
+        raise DataError(f"--explain must name a folder that can be made (a file is in the way). "
                         f"Received: explain={str(args.explain)!r}")
     if args.explain is not None:
-        _check_writable(args.explain)
+        _check_writable(args.explain)  # made with its missing parents (`--explain out/explain`, as with --out)
     classifier = _load_classifier(args.model, args.runtime)
     _warn_about_verdicts(classifier)
     names = list(classifier.class_names.values())
@@ -417,7 +416,7 @@ def _check_writable(folder: Path) -> None:
     from dogcat.data import DataError
 
     try:
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".dogcat-probe-"):
             pass
     except OSError as error:

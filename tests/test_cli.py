@@ -8,7 +8,7 @@ import pytest
 
 from dogcat.cli import main
 from dogcat.verdict import VERDICTS
-from tests.conftest import REPO
+from tests.conftest import REPO, _drawn_photo
 
 
 @pytest.fixture
@@ -210,19 +210,41 @@ def test_a_model_without_an_onnx_twin_falls_back_without_a_warning(tiny_model_di
     assert (classifier.runtime, classifier.runtime_warning) == ("keras", None)
 
 
-@pytest.mark.parametrize("where", ["a-file", "no-parent"])
-def test_predict_explain_into_a_file_or_a_missing_folder_stops_before_any_work(tmp_path, capsys, where):
+@pytest.mark.parametrize("where", ["a-file", "under-a-file"])
+def test_predict_explain_into_a_file_stops_before_any_work(tmp_path, capsys, where):
     target = tmp_path / "overlays"
-    if where == "a-file":
-        target.write_text("not a folder")
-    else:
-        target = tmp_path / "missing" / "overlays"
+    target.write_text("not a folder")
+    if where == "under-a-file":
+        target = target / "explain"
     code = main(["predict", "--model", str(tmp_path / "no-such-model.keras"), "--explain", str(target),
                  str(REPO / "demos" / "examples" / "cat-chelsea.jpg")])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
-    assert err == [f"dogcat: error: --explain must name a folder, or one to create inside an existing folder. "
-                   f"Received: explain={str(target)!r}"]  # before the model is even looked for
+    assert len(err) == 1, err  # before the model is even looked for
+    assert err[0].startswith(("dogcat: error: --explain must name a folder that can be made (a file is in the way)",
+                              "dogcat: error: Cannot write overlays into the --explain folder (")), err
+    assert err[0].endswith(f"Received: explain={str(target)!r}"), err
+
+
+def test_predict_explain_makes_a_missing_folder_and_its_parents(tmp_path, tiny_model_dir):
+    target = tmp_path / "out" / "explain"  # the README's `--explain out/explain` in a fresh folder
+    photo = tmp_path / "cat.png"
+    _drawn_photo("cat", 2, size=96).save(photo)
+    assert main(["predict", "--model", str(tiny_model_dir / "dog_cat_classifier.keras"), "--explain", str(target),
+                 str(photo)]) == 0
+    assert target.is_dir()
+
+
+def test_train_on_a_missing_dataset_says_how_to_make_one(tmp_path, capsys):
+    missing = tmp_path / "data" / "dogcat-4k"
+    code = main(["train", "--config", str(REPO / "configs" / "default.toml"), f"data.dir={missing}", "train.epochs=3",
+                 "--run-dir", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2
+    assert len(err) == 1, err
+    assert f"make one with `dogcat data prepare PHOTOS {missing}`, or point at a prepared one (dogcat train: " \
+           "data.dir=PATH)" in err[0], err
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-1"])

@@ -72,7 +72,7 @@ def check_dataset(out: Path, per_class: int) -> list[dict[str, str]]:
 
 def test_prepare_kaggle_layout_skips_bad_files(kaggle, tmp_path):
     out = tmp_path / "out"
-    report = prepare(kaggle, out, per_class=10, seed=1, progress=False)
+    report = prepare(kaggle, out, per_class=N_GOOD, seed=1, progress=False)  # every good one: every file is checked
 
     assert report.found == {"cat": N_GOOD + 3, "dog": N_GOOD + 2}
     reasons = {s.source.name: s.reason for s in report.skipped}
@@ -91,7 +91,7 @@ def test_prepare_kaggle_layout_skips_bad_files(kaggle, tmp_path):
     skipped_csv = read_rows(out / "skipped.csv")
     assert [(r["path"], r["reason"]) for r in skipped_csv] == [(s.source.name, s.reason) for s in report.skipped]
 
-    rows = check_dataset(out, per_class=10)
+    rows = check_dataset(out, per_class=N_GOOD)
     assert report.manifest == out / "manifest.csv"
     for row in rows:
         name = Path(row["path"]).name
@@ -100,6 +100,21 @@ def test_prepare_kaggle_layout_skips_bad_files(kaggle, tmp_path):
         assert (out / row["path"]).read_bytes() == (kaggle / name).read_bytes()  # copied byte for byte
         assert (row["width"], row["height"]) == ("64", "48")
     assert "skipped: 5" in report.summary()
+
+
+def test_prepare_decodes_only_what_the_sample_needs(kaggle, tmp_path, monkeypatch):
+    from dogcat import data
+
+    decoded = []
+    check = data.check_image
+    monkeypatch.setattr(data, "check_image", lambda candidate: decoded.append(candidate.source) or check(candidate))
+    report = prepare(kaggle, tmp_path / "out", per_class=3, seed=0, progress=False)
+    check_dataset(tmp_path / "out", per_class=3)
+    undecodable = {"cat.902.jpg", "dog.901.jpg"}  # the others are found by reading and hashing
+    assert len(decoded) - len({p.name for p in decoded} & undecodable) == 3 * len(LABELS)
+    assert report.decoded == len(decoded)
+    assert f"decoded: {len(decoded)} (as many as the sample needed)" in report.summary()
+    assert {s.source.name for s in report.skipped} >= {"cat.900.jpg", "cat.903.jpg", "dog.904.jpg"}
 
 
 @pytest.mark.parametrize(
