@@ -589,13 +589,14 @@ def test_data_prepare_skips_unreadable_files_with_their_reasons(tmp_path, kaggle
     shutil.copy(FIXTURES / "crash-qoi.jpg", src / "dog.crash.jpg")
     (src / "cat").mkdir()
     denied.add(str(src / "cat"))  # a class folder that cannot be listed
-    report = _without_hanging(lambda: prepare(src, tmp_path / "out", per_class=5, seed=0, progress=False))
+    # Every good photo asked for: only the crash file could go undecoded (drawn last), and with seed 1 it is not.
+    report = _without_hanging(lambda: prepare(src, tmp_path / "out", per_class=12, seed=1, progress=False))
     reasons = {s.source.name: s.reason for s in report.skipped}
     for name, reason in expected.items():
         assert reasons[name] == reason
     assert reasons["dog.crash.jpg"].startswith("not an image, or not a supported format")
     assert reasons["cat"] == "permission denied"
-    assert report.written["train"] == {"cat": 3, "dog": 3}  # the unreadable entries left out
+    assert report.written["train"] == {"cat": 10, "dog": 10}  # the unreadable entries left out
 
 
 def test_evaluate_skips_unreadable_files_with_their_reasons(tmp_path, kaggle_folder, tiny_model_dir, denied):
