@@ -151,9 +151,13 @@ def from_file(file: dict[str, Any] | str | None) -> tuple:
     except ImageError as error:
         reason = str(error).removeprefix(f"{path}: ")
         return gr.update(), f"Cannot read {name}: {reason}.", None, None, gr.Image(value=None, visible=False)
-    shown = Path(path).with_name(f"{Path(name).stem}.png")  # beside the upload, in Gradio's cache
-    picture.save(shown, compress_level=1)
-    return str(shown), *(gr.update() for _ in range(4))
+    # A file of this request's own in Gradio's cache, swept by DELETE_CACHE (as overlay_file's).
+    folder = Path(image_input.GRADIO_CACHE) / "dogcat-photos"
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=f"{Path(name).stem[:40]}-", suffix=".png", delete=False) as handle:
+        picture.save(handle, format="PNG", compress_level=1)
+    image_input.temp_files.add(handle.name)
+    return handle.name, *(gr.update() for _ in range(4))
 
 
 with gr.Blocks(title="dogcat: cat or dog?", analytics_enabled=False, delete_cache=DELETE_CACHE) as demo:
