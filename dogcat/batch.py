@@ -28,6 +28,7 @@ import io
 import math
 import os
 import tempfile
+import warnings as _warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +47,21 @@ INCOMPLETE_PREFIX = "_incomplete."  # a Parquet file cut short by a crash, set a
 SCORING_SHARE = 0.8  # of a CPU, for each actor (decode + score); the rest for the Parquet writes (milliseconds each)
 ACTORS_START_TIMEOUT_S = 600  # every actor of the plan up before the first block, or the job stops in one line
 CONNECT_TIMEOUT_S = 5.0  # for reaching `--address` before Ray tries (Ray itself retries for minutes)
+# Object storage: each request bounded, three tries (pyarrow's defaults took 6 s a file once the endpoint
+# died, and Ray retried each Parquet write ten times, backing off up to 32 s: 9.5 minutes of silence).
+STORAGE_CONNECT_TIMEOUT_S = 5.0
+STORAGE_REQUEST_TIMEOUT_S = 30.0
+STORAGE_ATTEMPTS = 3
+UNREACHABLE = "cannot reach the storage"  # an endpoint gone stops the job in one line, rather than a row per file
+
+
+class StorageUnreachable(OSError):
+    """Raised in an actor when the object storage does not answer: it fails the job at once."""
+
+
+def _unreachable(reason: str) -> bool:
+    """Whether pyarrow's error says the endpoint could not be reached (not: this one file is missing or denied)."""
+    return any(mark in reason for mark in ("NETWORK_CONNECTION", "curlCode", "Timeout was reached", "timed out"))
 
 
 class JobStopped(DogcatError, RuntimeError):
@@ -178,15 +194,28 @@ def run_batch(paths: list[str], out_dir: str, model_path: str | Path | None = No
         )
         log(f"dogcat: {len(todo)} file(s) to classify: {plan.actors} actor(s) of {plan.actor_cpus:g} CPU "
             f"(decoding, then ONNX Runtime on {plan.threads} thread(s)), Parquet writes of {plan.write_cpus:g} CPU")
+        sink, sink_path = _filesystem(out_dir)
+        with _warnings.catch_warnings():  # Ray warns that a custom list is matched as a regex: none is
+            _warnings.simplefilter("ignore", DeprecationWarning)
+            # No Ray retries of a write (ten, backing off up to 32 s): the filesystem's own bounded tries only.
+            io_retries, context.retried_io_errors = context.retried_io_errors, []
         try:
-            scored.write_parquet(_absolute(out_dir), min_rows_per_file=FILES_PER_BLOCK,
+            scored.write_parquet(sink_path, filesystem=sink, min_rows_per_file=FILES_PER_BLOCK,
                                  ray_remote_args={"num_cpus": plan.write_cpus})
         except (ray.exceptions.RayError, OSError) as error:  # what was written is kept: a rerun does the rest
             reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            lost = [line.strip() for line in str(error).splitlines() if UNREACHABLE in line or _unreachable(line)]
+            if lost:  # the storage, named, rather than Ray's first line
+                reason = lost[0][lost[0].find(UNREACHABLE):] if UNREACHABLE in lost[0] else f"{UNREACHABLE}: {lost[0]}"
+                raise JobStopped(f"the job stopped: {reason[:300]}; the files written so far are kept: rerun the same "
+                                 f"command once it answers. Received: out_dir={out_dir!r}") from error
             raise JobStopped(f"the job stopped ({type(error).__name__}: {reason[:300]}); the files written so far are "
                              f"kept: rerun the same command to finish. Received: out_dir={out_dir!r}") from error
         finally:
             context.wait_for_min_actors_s = waited
+            with _warnings.catch_warnings():
+                _warnings.simplefilter("ignore", DeprecationWarning)
+                context.retried_io_errors = io_retries
     finally:
         if started_here:
             ray.shutdown()
@@ -275,9 +304,21 @@ def drop_error_rows(out_dir: str, paths: set[str], log: Callable[[str], None] = 
 
 
 def _filesystem(out_dir: str):
+    return filesystem_for(_absolute(out_dir))
+
+
+def filesystem_for(uri: str):
+    """(pyarrow filesystem, path) for `uri`, as `FileSystem.from_uri` gives them, with S3's requests
+    bounded (STORAGE_*): a dead endpoint is then an error in seconds, not minutes."""
     import pyarrow.fs
 
-    return pyarrow.fs.FileSystem.from_uri(_absolute(out_dir))
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
+    if isinstance(filesystem, pyarrow.fs.S3FileSystem):
+        _, (options,) = filesystem.__reduce__()  # everything from_uri resolved (region, endpoint, scheme)
+        options.update(connect_timeout=STORAGE_CONNECT_TIMEOUT_S, request_timeout=STORAGE_REQUEST_TIMEOUT_S)
+        filesystem = pyarrow.fs.S3FileSystem(
+            **options, retry_strategy=pyarrow.fs.AwsStandardS3RetryStrategy(max_attempts=STORAGE_ATTEMPTS))
+    return filesystem, path
 
 
 def _output_files(out_dir: str, log: Callable[[str], None]) -> dict[str, tuple[list[str], list[str | None]]]:
@@ -413,7 +454,7 @@ def _list_uri(uri: str, skipped: list[str] | None = None) -> list[str]:
         first = next(i for i, part in enumerate(parts) if glob.has_magic(part))
         base = "/".join(parts[:first])
     try:
-        filesystem, root = pyarrow.fs.FileSystem.from_uri(f"{scheme}://{base}")
+        filesystem, root = filesystem_for(f"{scheme}://{base}")
         info = filesystem.get_file_info(root)
         if info.type == pyarrow.fs.FileType.File and not magic:
             return [uri]
@@ -433,14 +474,17 @@ def _list_uri(uri: str, skipped: list[str] | None = None) -> list[str]:
 
 def _read_uri(uri: str) -> io.BytesIO | Exception:
     """The bytes of a file on a pyarrow filesystem, or the one-line reason they could not be read."""
-    import pyarrow.fs
+    import pyarrow
 
     try:
-        filesystem, path = pyarrow.fs.FileSystem.from_uri(uri)
+        filesystem, path = filesystem_for(uri)
         with filesystem.open_input_stream(path) as stream:
             data = stream.read(MAX_FILE_BYTES + 1)
     except (OSError, pyarrow.ArrowException) as error:
-        return OSError(f"cannot read: {str(error).splitlines()[0]}")
+        reason = str(error).splitlines()[0] if str(error).strip() else type(error).__name__
+        if _unreachable(reason):  # every file after it would wait as long: the job stops, a rerun resumes
+            raise StorageUnreachable(f"{UNREACHABLE} of {uri.split('://')[0]}://{path.split('/')[0]} ({reason})") from None
+        return OSError(f"cannot read: {reason}")
     if len(data) > MAX_FILE_BYTES:
         return OSError(f"file is larger than {MAX_FILE_BYTES // 2**20} MiB")
     stream = io.BytesIO(data)
@@ -452,6 +496,7 @@ def _count_errors(out_dir: str, paths: set[str]) -> int:
     """Rows with an error among `paths` in `out_dir` (this run's files)."""
     import pyarrow.dataset as ds
 
-    table = ds.dataset(_absolute(out_dir), format="parquet").to_table(columns=["path", "error"])
+    filesystem, root = _filesystem(out_dir)
+    table = ds.dataset(root, format="parquet", filesystem=filesystem).to_table(columns=["path", "error"])
     return sum(1 for path, error in zip(table.column("path").to_pylist(), table.column("error").to_pylist(), strict=True)
                if error and path in paths)

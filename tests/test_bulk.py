@@ -596,3 +596,105 @@ def test_the_readmes_s3_example_reads_and_writes_a_bucket_resumes_and_retries(s3
         assert (row["verdict"], row["label"], row["error"]) == (cli["verdict"], cli["label"], None), photo.name
         assert abs(row["p_dog"] - cli["probabilities"]["dog"]) <= 1e-6, photo.name
         assert row["looks_like"] == cli["looks_like"]["name"], photo.name
+
+
+class _Outage:
+    """A TCP relay to `port` that can be cut (listener and every open connection closed: the endpoint is gone) and
+    brought back on the same port, so a job sees its storage die mid-way and come back with its data."""
+
+    def __init__(self, port: int):
+        import threading
+
+        self.target, self.port, self.threading = port, _free_port(), threading
+        self.open: list[socket.socket] = []
+        self.relayed = 0  # bytes from the server
+        self.start()
+
+    def start(self) -> None:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", self.port))
+        self.listener.listen(64)
+        self.threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def cut(self) -> None:
+        self.listener.close()
+        for connection in list(self.open):
+            with __import__("contextlib").suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+            connection.close()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target))
+            self.open += [client, server]
+            for a, b in ((client, server), (server, client)):
+                self.threading.Thread(target=self._pump, args=(a, b, a is server), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket, count: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+                self.relayed += len(data) if count else 0
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                with __import__("contextlib").suppress(OSError):
+                    end.close()
+
+
+def test_a_storage_endpoint_lost_mid_job_stops_it_in_one_line_and_a_rerun_completes(
+        s3_server, shared_data, tmp_path, capsys, monkeypatch):
+    """The endpoint killed mid-job: `dogcat batch` waited silently (9.5 minutes observed) in reads and Parquet writes."""
+    import threading
+
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    outage = _Outage(int(endpoint.rsplit(":", 1)[1]))
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{outage.port}")
+    photos = _real_photos(shared_data, 10)
+    names = [f"bucket/lost/{copy:02d}-{photo.name}" for copy in range(15) for photo in photos]  # 300 files
+    for name, photo in zip(names, photos * 15, strict=False):
+        with s3_server.open_output_stream(name) as stream:
+            stream.write(photo.read_bytes())
+    out = tmp_path / "out"
+
+    third = sum(photo.stat().st_size for photo in photos) * 15 // 3
+
+    def cut_a_third_of_the_way() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and outage.relayed < third:
+            time.sleep(0.01)
+        outage.cut()
+
+    ray.init(address="local", num_cpus=2, logging_level="ERROR", log_to_driver=False)
+    try:
+        watcher = threading.Thread(target=cut_a_third_of_the_way, daemon=True)
+        watcher.start()
+        args = ["batch", "s3://bucket/lost/", "--out", str(out), "--model", str(SHIPPED_MODEL)]
+        started = time.monotonic()
+        code = main(args)
+        took = time.monotonic() - started
+        captured = capsys.readouterr()
+        from dogcat.batch import JobStopped
+
+        assert code == JobStopped.exit_code, captured.err
+        assert took < 120
+        errors = [line for line in captured.err.splitlines() if line.startswith("dogcat: error:")]
+        assert len(errors) == 1
+        assert "cannot reach the storage of s3://bucket" in errors[0]
+        done = len(_rows(out)) if list(out.glob("*.parquet")) else 0  # blocks are written as they fill
+        assert done < len(names)
+        outage.start()  # the endpoint is back, with its data
+        assert main(args) == 0
+        assert f"{len(names) - done} file(s) classified (0 with an error), {done} already in" in capsys.readouterr().out
+    finally:
+        ray.shutdown()
+        outage.cut()
+    rows = _rows(out)
+    assert sorted(row["path"] for row in rows) == sorted(f"s3://{name}" for name in names), "every file once"
+    assert not any(row["error"] for row in rows)
