@@ -28,8 +28,12 @@ import warnings
 from typing import IO, Any
 
 import numpy as np
-import pillow_heif
 from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
+
+try:
+    import pillow_heif
+except ImportError:  # pragma: no cover (declared in pyproject.toml; see FORMATS)
+    pillow_heif = None
 
 from dogcat.errors import DogcatError
 
@@ -47,8 +51,9 @@ MAX_FILE_BYTES = 50 * 1024 * 1024
 # AVIF is Pillow's own decoder (libavif, in Pillow's wheels since 11.3). No TIFF: no phone or
 # browser uploads it, and libtiff's many codecs are attack surface for nothing. The JPEG decoder
 # also returns MPO, a JPEG carrying extra pictures (many phones).
-pillow_heif.register_heif_opener()  # Pillow format "HEIF": .heic and .heif files, the first picture
-FORMATS = ("JPEG", "PNG", "WEBP", "HEIF", "AVIF", "BMP", "GIF")
+if pillow_heif is not None:  # a core dependency; an environment installed before it still reads the rest
+    pillow_heif.register_heif_opener()  # Pillow format "HEIF": .heic and .heif files, the first picture
+FORMATS = tuple(f for f in ("JPEG", "PNG", "WEBP", "HEIF", "AVIF", "BMP", "GIF") if f != "HEIF" or pillow_heif)
 FORMAT_NAMES = "JPEG, PNG, WebP, HEIC, AVIF, BMP or GIF"
 # What folders are searched for and uploaders accept: the suffixes of the FORMATS.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".heic", ".heif", ".avif", ".bmp", ".gif"}

@@ -34,7 +34,7 @@ class Mutation(NamedTuple):
 MUTATIONS = [
     Mutation(
         "HEIC not registered with Pillow", "dogcat/preprocessing.py",
-        "pillow_heif.register_heif_opener()  #", "#",
+        "    pillow_heif.register_heif_opener()  #", "    pass  #",
         ("tests/test_phone_photos.py::test_predict_and_the_python_api_read_phone_photos",),
     ),
     Mutation(
