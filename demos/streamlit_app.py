@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import streamlit as st
 
@@ -101,9 +103,15 @@ def collect_uploads(use_camera: bool) -> list[Upload]:
     return uploads
 
 
+def plain(text: str) -> str:
+    """`text` shown as typed: Streamlit renders errors and captions as Markdown, so an upload named
+    `![x](https://host/a.png).jpg` made each viewer's browser fetch that address."""
+    return re.sub(r"([\\`*_\[\]()#!|<>~$])", r"\\\1", text)
+
+
 def show_prediction(upload: Upload, prediction: Prediction) -> None:
     if prediction.error:
-        st.error(f"{upload.name}: {prediction.error}")
+        st.error(f"{plain(upload.name)}: {plain(prediction.error)}")
         return
     # st.image ignores EXIF orientation (streamlit#6809), so show the upright decode instead.
     # This is a second, display-sized decode on purpose: the model's input must come from
@@ -120,7 +128,7 @@ def show_prediction(upload: Upload, prediction: Prediction) -> None:
         looked.image(overlay(preview, prediction.heatmap, max_side=PREVIEW_SIZE),
                      caption=f"Where it looked for a {prediction.label}", width="stretch")
     if preview is not None:
-        picture.image(preview, caption=upload.name, width="stretch")
+        picture.image(preview, caption=plain(upload.name), width="stretch")
     heading, _, detail = prediction.text.partition(" (")  # "Too small to judge (60x40 px; ...)": the size below
     verdict.subheader(prediction.text if prediction.verdict == UNSURE else heading)
     if detail and prediction.verdict == TOO_SMALL:
@@ -161,8 +169,8 @@ def main() -> None:
         explain = explain and classifier.can_explain  # a model that cannot simply shows no heatmaps
         predictions = classifier.predict([u.data for u in uploads], names=[u.name for u in uploads], rules=rules,
                                          explain=explain)
-    for warning in classifier.warnings:
-        st.warning(warning)
+    for warning in classifier.warnings:  # the server's folders are not the visitor's business
+        st.warning(plain(warning.replace(str(Path(model_path).parent), "the model's folder")))
     shown = summary(predictions)
     for upload, prediction in zip(uploads, predictions, strict=True):
         if (prediction.verdict or ERROR) in shown:

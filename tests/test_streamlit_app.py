@@ -253,3 +253,12 @@ def test_many_photos_get_a_summary_that_filters_them_and_short_headings(monkeypa
     pills.set_value(["neither"]).run()  # show only the photos called neither
     assert [s.value for s in app.subheader] == ["Neither a cat nor a dog", "Neither a cat nor a dog"]
     assert not app.error  # the unreadable upload is filtered out too
+
+
+def test_an_upload_name_is_shown_as_typed_never_as_markdown(tiny_app):
+    """An upload named like a Markdown image made every viewer's browser fetch its address."""
+    name = "![x](http://example.invalid/a.png).jpg"
+    app = _upload(tiny_app, [(name, b"not a photo")])
+    [error] = app.error
+    assert "](http" not in error.value
+    assert "\\!\\[x\\]\\(http://example.invalid/a.png\\).jpg" in error.value
