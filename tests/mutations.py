@@ -597,6 +597,39 @@ MUTATIONS = [
         "out_dir / TEST_RECORD_FILENAME", "out_dir / \"metrics.json\"",
         ("tests/test_model_folder.py::test_evaluate_out_into_the_model_folder_is_what_its_card_shows",),
     ),
+    Mutation(
+        "** follows links to folders again", "dogcat/data.py",
+        "            matches = sorted(glob_paths(pattern))", "            matches = sorted(glob.glob(pattern, recursive=True))",
+        ("tests/test_hardening.py::test_a_glob_does_not_follow_links_to_folders",),
+    ),
+    Mutation(
+        "a file named twice is listed twice", "dogcat/data.py",
+        "            if why is not None or ((key := os.path.realpath(path)) not in seen and not seen.add(key))]",
+        "            if why is not None or True]",
+        ("tests/test_hardening.py::test_the_same_photo_by_relative_and_absolute_path_is_listed_once",),
+    ),
+    Mutation(
+        "predict.batch_size without an upper bound", "dogcat/config.py",
+        "lambda v: 1 <= v <= MAX_PREDICT_BATCH", "lambda v: 1 <= v",
+        ("tests/test_hardening.py::test_a_model_config_out_of_range_is_said_and_the_defaults_serve",),
+    ),
+    Mutation(
+        "a non-finite probability becomes a verdict", "dogcat/inference.py",
+        "            if not np.isfinite(row).all() or (pooled is not None and not np.isfinite(pooled).all()):",
+        "            if False:",
+        ("tests/test_hardening.py::test_a_non_finite_probability_is_an_error_row_and_json_stays_strict",),
+    ),
+    Mutation(
+        "undecodable bytes of a name reach the output", "dogcat/printable.py",
+        "    if \"\\udc80\" <= char <= \"\\udcff\":", "    if False:",
+        ("tests/test_hardening.py::test_a_file_name_that_is_not_utf8_is_written_as_printable_utf8",),
+    ),
+    Mutation(
+        "Streamlit renders an upload's name as Markdown", "demos/streamlit_app.py",
+        "        st.error(f\"{plain(upload.name)}: {plain(prediction.error)}\")",
+        "        st.error(f\"{upload.name}: {prediction.error}\")",
+        ("tests/test_streamlit_app.py::test_an_upload_name_is_shown_as_typed_never_as_markdown",),
+    ),
 ]
 
 
