@@ -216,8 +216,7 @@ MUTATIONS = [
     Mutation(
         "int8 does not recheck what the detector doubts", "dogcat/inference.py",
         "            rows = np.flatnonzero(neither | unsure)", "            rows = np.flatnonzero(neither)",
-        ("tests/test_bulk.py::test_int8_keeps_float32s_labels_accuracy_and_log_loss_on_real_photos",
-         "tests/test_bulk.py::test_the_shipped_int8_twin_is_tied_to_the_shipped_model_and_gives_its_verdicts"),
+        ("tests/test_verdict.py::test_int8_rechecks_what_the_detector_doubts_in_float32",),
     ),
     Mutation(
         "Image.open without the formats= list", "dogcat/preprocessing.py",

@@ -563,3 +563,20 @@ def test_a_cougar_called_a_cat_is_neither_and_says_why(runtime):
     assert horse.hint.endswith(", not a dog")
     assert (raccoon.label, raccoon.verdict, raccoon.looks_like.group) == (CAT, UNSURE, "wild_canine")
     assert classifier.detector.scores(cougar.features[None])[0] < classifier.detector.threshold  # not far: ImageNet decided
+
+
+DOUBTED_BY_INT8 = DEV_PHOTOS / "pets-dev" / "dog" / "oxa__datasets__oxford-pets__data__sample_images__dogs__shiba_inu_155.jpg"
+
+
+@needs_shipped
+@needs_dev_photos
+def test_int8_rechecks_what_the_detector_doubts_in_float32():
+    """int8's features move the detector's distances and margins: this shiba is a dog to float32 but
+    doubted on int8's own features, so int8 judges it again on float32's, as it does 'neither'."""
+    float32, int8 = Classifier.from_path(runtime="onnx"), Classifier.from_path(runtime="onnx-int8")
+    expected = float32.predict([DOUBTED_BY_INT8])[0]
+    assert expected.verdict == DOG
+    assert int8.predict([DOUBTED_BY_INT8])[0].verdict == DOG
+    recheck, int8.runner.recheck = int8.runner.recheck, None  # the case is real: int8 alone doubts it
+    assert int8.predict([DOUBTED_BY_INT8])[0].verdict == UNSURE
+    int8.runner.recheck = recheck
