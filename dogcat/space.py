@@ -218,7 +218,7 @@ def _previous_build(out: Path) -> list[str]:
         except (OSError, ValueError, KeyError, TypeError):
             files = None
         safe = isinstance(files, list) and all(
-            isinstance(name, str) and name and not Path(name).is_absolute()
+            isinstance(name, str) and name and "\0" not in name and Path(name).parts and not Path(name).is_absolute()
             and ".." not in Path(name).parts and Path(name).parts[0] not in (".git", MARKER_FILENAME)
             for name in files
         )

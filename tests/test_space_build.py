@@ -102,7 +102,7 @@ def test_an_edited_hub_readme_counts_as_a_user_file(tmp_path, tiny_model_dir):
     assert (out / "README.md").read_text(encoding="utf-8").endswith("My notes.\n")
 
 
-@pytest.mark.parametrize("listed", ["../outside.txt", "/etc/passwd", ".git/HEAD"])
+@pytest.mark.parametrize("listed", ["../outside.txt", "/etc/passwd", ".git/HEAD", ".", "app\0.py"])
 def test_a_marker_naming_files_outside_the_build_is_refused(tmp_path, tiny_model_dir, listed):
     out = build_space(tmp_path / "space", tiny_model_dir)
     (tmp_path / "outside.txt").write_text("keep")
