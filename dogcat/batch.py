@@ -22,11 +22,13 @@ with the job; with it the job joins that cluster (`ray start --head` on one mach
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import glob
 import io
 import math
 import os
+import sys
 import tempfile
 import warnings as _warnings
 from collections.abc import Callable
@@ -238,6 +240,51 @@ def check_address(address: str) -> None:
     except OSError as error:
         raise DataError(f"Cannot reach the Ray cluster at {address} ({error.strerror or error}): is `ray start --head` "
                         f"running there? Received: address={address!r}") from None
+    check_token(address)
+
+
+def check_token(address: str) -> None:
+    """Refuse, in one line naming the fix, a cluster that will not let this machine in: `ray.init`
+    would retry a refused token for 20 s and end in a 60-line traceback, and with RAY_AUTH_MODE=token
+    but no token on this machine Ray's C++ core aborts the process. One request to the head's GCS
+    answers at once; Ray's own warning line about it is kept off the terminal."""
+    from ray._raylet import AuthenticationTokenLoader, GcsClient
+    from ray.exceptions import AuthenticationError
+
+    token_mode = os.environ.get("RAY_AUTH_MODE", "").lower() == "token"
+    has_token = AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)
+    fix = (f"copy the head's ~/.ray/auth_token to ~/.ray/auth_token on this machine (or point RAY_AUTH_TOKEN_PATH "
+           f"at it), then rerun. Received: address={address!r}")
+    if token_mode and not has_token:
+        raise DataError(f"RAY_AUTH_MODE=token, but this machine has no Ray token: {fix}")
+    try:
+        with _stderr_silenced():
+            GcsClient(address=address)
+    except AuthenticationError:
+        if token_mode:
+            raise DataError(f"The Ray cluster at {address} refused this machine's token (not the head's): {fix}") from None
+        if has_token:
+            raise DataError(f"The Ray cluster at {address} uses token authentication: export RAY_AUTH_MODE=token "
+                            f"(this machine's ~/.ray/auth_token must be the head's), then rerun. "
+                            f"Received: address={address!r}") from None
+        raise DataError(f"The Ray cluster at {address} uses token authentication: export RAY_AUTH_MODE=token and "
+                        f"{fix}") from None
+    except Exception:  # anything else is ray.init's to say, as before
+        return
+
+
+@contextlib.contextmanager
+def _stderr_silenced():
+    """File descriptor 2 on /dev/null for the duration: Ray's C++ core writes its warnings there directly."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def list_files(patterns: list[str], skipped: list[str] | None = None) -> list[str]:
