@@ -33,6 +33,16 @@ class Mutation(NamedTuple):
 
 MUTATIONS = [
     Mutation(
+        "batch leaves a refused token to ray.init", "dogcat/batch.py",
+        "    check_token(address)\n", "\n",
+        ("tests/test_bulk.py::test_a_client_the_cluster_refuses_is_one_line_naming_the_fix",),
+    ),
+    Mutation(
+        "data prepare decodes every file", "dogcat/data.py",
+        "                if len(chosen[label]) == per_class:\n", "                if False:\n",
+        ("tests/test_data.py::test_prepare_decodes_only_what_the_sample_needs",),
+    ),
+    Mutation(
         "HEIC not registered with Pillow", "dogcat/preprocessing.py",
         "    pillow_heif.register_heif_opener()  #", "    pass  #",
         ("tests/test_phone_photos.py::test_predict_and_the_python_api_read_phone_photos",),
