@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import dogcat.preprocessing  # noqa: F401  (registers pillow-heif's HEIF with Pillow, for encode(..., "HEIF"))
+
 RED = (255, 0, 0)
 GREEN = (0, 255, 0)
 BLUE = (0, 0, 255)

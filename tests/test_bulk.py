@@ -284,6 +284,8 @@ def test_batch_on_a_cluster_gives_predicts_rows_and_an_error_row_per_bad_file(
 def test_batch_reads_phone_photos_and_counts_and_names_the_files_it_skips(ray_cluster, shared_data, tmp_path, capsys):
     from PIL import Image
 
+    import dogcat.preprocessing  # noqa: F401  (registers HEIF with Pillow, to write the test's HEIC)
+
     folder = tmp_path / "photos"
     folder.mkdir()
     cat, dog = _real_photos(shared_data, 1)
