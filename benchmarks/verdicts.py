@@ -90,7 +90,7 @@ def judge(classifier, paths, truth) -> Judged:
 
 def photos_in(folder: Path) -> tuple[list[Path], list[str]]:
     """Every photo under `folder`, and the name of the sub-folder it is in."""
-    from dogcat.data import IMAGE_SUFFIXES
+    from dogcat.preprocessing import IMAGE_SUFFIXES
 
     paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     return paths, [p.relative_to(folder).parts[0] for p in paths]

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import streamlit as st
 
-from dogcat.data import IMAGE_SUFFIXES
 from dogcat.detector import DESCRIPTION
 from dogcat.explain import overlay
 from dogcat.inference import Classifier, Prediction
 from dogcat.model_folder import ModelFolder
-from dogcat.preprocessing import FORMAT_NAMES, ImageError, load_image
+from dogcat.preprocessing import FORMAT_NAMES, IMAGE_SUFFIXES, ImageError, load_image
 from dogcat.verdict import NEITHER, TOO_SMALL, UNSURE, VERDICTS, VerdictRules
 
 UPLOAD_TYPES = sorted(suffix.lstrip(".") for suffix in IMAGE_SUFFIXES)  # what the CLI and Gradio read, too

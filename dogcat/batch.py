@@ -9,10 +9,8 @@ The job is Ray Data's batch-inference pattern, with dogcat's own pieces at each 
    dogcat.preprocessing (a file that cannot be read becomes its one-line reason, never a failed
    task), scores the photos and decides verdicts with `Classifier.classify_decoded`, the
    scoring path `predict` uses;
-3. each block is written as Parquet, one row per file: path (`printable`), verdict, label, p_<class>,
-   width, height, looks_like, p_looks_like (the top ImageNet class), reason (what it sees, when that
-   says something), error (null where the file
-   was read), node (the Ray node that scored it).
+3. each block is written as Parquet, one row per file: `predict --csv`'s columns
+   (`Prediction.as_row`, its path `printable`) and node (the Ray node that scored it).
 
 The model folder travels through Ray's object store, so the nodes of a cluster need dogcat
 installed but not the model or a shared disk. Without `address` a local Ray starts and stops
@@ -43,6 +41,7 @@ from dogcat.errors import DogcatError
 from dogcat.model_folder import ModelFolder
 from dogcat.preprocessing import FORMAT_NAMES, MAX_FILE_BYTES
 from dogcat.printable import printable
+from dogcat.verdict import row_columns
 
 FILES_PER_BLOCK = 256  # the unit of work Ray schedules, and of one Parquet file (what a resume can skip)
 INCOMPLETE_PREFIX = "_incomplete."  # a Parquet file cut short by a crash, set aside (readers skip "_" names)
@@ -449,23 +448,10 @@ class ClassifyBatch:
         decoded = [error if error else (image, (int(size[0]), int(size[1])))
                    for image, size, error in zip(batch["image"], batch["size"], batch["error"], strict=True)]
         predictions = self.classifier.classify_decoded(paths, decoded)
-        columns = {
-            "path": pa.array(paths, pa.string()),
-            "verdict": pa.array([p.verdict for p in predictions], pa.string()),
-            "label": pa.array([p.label for p in predictions], pa.string()),
-        }
-        for name in self.class_names:
-            columns[f"p_{name}"] = pa.array([p.probabilities[name] if p.probabilities else None for p in predictions],
-                                            pa.float64())
-        columns["width"] = pa.array([p.size[0] if p.size else None for p in predictions], pa.int64())
-        columns["height"] = pa.array([p.size[1] if p.size else None for p in predictions], pa.int64())
-        columns["looks_like"] = pa.array([p.looks_like.name if p.looks_like else None for p in predictions], pa.string())
-        columns["p_looks_like"] = pa.array([p.looks_like.probability if p.looks_like else None for p in predictions],
-                                           pa.float64())
-        columns["reason"] = pa.array([p.hint for p in predictions], pa.string())
-        columns["error"] = pa.array([p.error for p in predictions], pa.string())
-        columns["node"] = pa.array([self.node] * len(paths), pa.string())
-        return pa.table(columns)
+        columns = [*row_columns(self.class_names), "node"]  # which node scored the row, for a cluster's record
+        types = {"width": pa.int64(), "height": pa.int64()}
+        schema = pa.schema([(c, pa.float64() if c.startswith("p_") else types.get(c, pa.string())) for c in columns])
+        return pa.Table.from_pylist([p.as_row(self.class_names) | {"node": self.node} for p in predictions], schema)
 
 
 def _model_files(model_path: str | Path | None, runtime: str) -> tuple[dict[str, bytes], int, list[str]]:

@@ -454,16 +454,15 @@ def _row_writer(args: argparse.Namespace, names: list[str], width: int):
 
         return json_row
     if args.csv:
-        writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(["path", "verdict", "label", *(f"p_{n}" for n in names), "width", "height",
-                         "looks_like", "p_looks_like", "reason", "error", *(["explanation"] if explaining else [])])
+        from dogcat.verdict import row_columns
+
+        columns = [*row_columns(names), *(["explanation"] if explaining else [])]
+        writer = csv.DictWriter(sys.stdout, columns, lineterminator="\n")  # None is written as an empty cell
+        writer.writeheader()
 
         def csv_row(result, explanation: str | None) -> None:
-            probabilities = [f"{result.probabilities[n]:.6f}" for n in names] if result.probabilities else [""] * len(names)
-            size = result.size or ("", "")
-            seen = (result.looks_like.name, f"{result.looks_like.probability:.6f}") if result.looks_like else ("", "")
-            writer.writerow([printable(result.source), result.verdict or "", result.label or "", *probabilities, *size,
-                             *seen, result.hint or "", result.error or "", *([explanation] if explaining else [])])
+            row = {key: f"{value:.6f}" if isinstance(value, float) else value for key, value in result.as_row(names).items()}
+            writer.writerow(row | ({"explanation": explanation} if explaining else {}))
 
         return csv_row
     print(f"{'path':<{width}}  {'verdict':<9}  " + "  ".join(f"p({n})" for n in names)

@@ -71,7 +71,7 @@ def score_files(classifier: Classifier, paths, labels) -> dict:
 def score_neither_folder(classifier: Classifier, folder: str | Path) -> dict:
     """Verdicts on a folder of photos with no cat and no dog: the share flagged (not called a cat or
     a dog: neither, unsure or too small) is the detector's recall, the share called "neither" its strong part."""
-    from dogcat.data import IMAGE_SUFFIXES
+    from dogcat.preprocessing import IMAGE_SUFFIXES
 
     folder = Path(folder)
     if not folder.is_dir():

@@ -12,6 +12,7 @@ Each prediction also carries `looks_like`, the most probable ImageNet class and 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -77,6 +78,15 @@ class Prediction:
                                                          "imagenet_id": seen.imagenet_id, "group": seen.group},
                 "reason": self.hint, "error": self.error}
 
+    def as_row(self, class_names: Sequence[str]) -> dict:
+        """The flat row of every table, `dogcat predict --csv`'s and `dogcat batch`'s Parquet alike
+        (`row_columns`): a `p_<class>` column per class, None where there is no value."""
+        seen, (width, height), probabilities = self.looks_like, self.size or (None, None), self.probabilities or {}
+        return {"path": printable(self.source), "verdict": self.verdict, "label": self.label,
+                **{f"p_{name}": probabilities.get(name) for name in class_names}, "width": width, "height": height,
+                "looks_like": seen and seen.name, "p_looks_like": seen and seen.probability,
+                "reason": self.hint, "error": self.error}
+
     @property
     def hint(self) -> str | None:
         """"looks like a cougar (85%), not a house cat" where that says something (`hint`), else None."""
@@ -86,6 +96,11 @@ class Prediction:
     def sentence(self) -> str | None:
         """The verdict and its hint in one line: "Neither a cat nor a dog: looks like a tiger (84%)"."""
         return self.text if self.hint is None else f"{self.text}: {self.hint}"
+
+
+def row_columns(class_names: Sequence[str]) -> list[str]:
+    """The columns of `Prediction.as_row`, in order: the tables' one schema."""
+    return list(Prediction("").as_row(class_names))
 
 
 @dataclass(frozen=True)

@@ -68,7 +68,7 @@ MUTATIONS = [
     ),
     Mutation(
         "a loaded model's hidden Dense kernel doubled", "dogcat/model.py",
-        "        return keras.saving.load_model(path, compile=compile, safe_mode=True)\n",
+        "        model = keras.saving.load_model(path, compile=compile, safe_mode=True)\n",
         "        model = keras.saving.load_model(path, compile=compile, safe_mode=True)\n"
         "        model.get_layer('dense').kernel.assign(model.get_layer('dense').kernel * 2)\n        return model\n",
         ("tests/test_model.py::test_save_and_load_give_identical_predictions",),
@@ -122,14 +122,14 @@ MUTATIONS = [
         ("tests/test_verdict.py::test_a_tampered_detector_is_refused_before_use",),
     ),
     Mutation(
-        "predict --csv leaves looks_like empty", "dogcat/cli.py",
-        "            seen = (result.looks_like.name, f\"{result.looks_like.probability:.6f}\") if result.looks_like else (\"\", \"\")",
-        "            seen = (\"\", \"\")",
-        ("tests/test_verdict.py::test_predict_json_and_csv_carry_the_verdict_and_size",),
+        "predict --csv's and batch's rows leave looks_like empty", "dogcat/verdict.py",
+        "\"looks_like\": seen and seen.name,", "\"looks_like\": None,",
+        ("tests/test_verdict.py::test_predict_json_and_csv_carry_the_verdict_and_size",
+         "tests/test_bulk.py::test_batch_on_a_cluster_gives_predicts_rows_and_an_error_row_per_bad_file"),
     ),
     Mutation(
         "a model's saved [predict] settings ignored", "dogcat/inference.py",
-        "        settings = folder.predict_config()\n",
+        "        settings = folder.predict_config(config_warnings)\n",
         "        settings = PredictConfig()\n",
         ("tests/test_verdict.py::test_the_models_saved_predict_settings_drive_its_verdicts",),
     ),
@@ -145,7 +145,7 @@ MUTATIONS = [
     ),
     Mutation(
         "the Gradio verdict without what it looks like", "demos/gradio_app.py",
-        "    return result.sentence, result.probabilities, looked", "    return result.text, result.probabilities, looked",
+        "    return result.sentence, result.probabilities, record, looked", "    return result.text, result.probabilities, record, looked",
         ("tests/test_gradio.py::test_space_of_an_exported_model_runs_without_keras_or_tensorflow",),
     ),
     # dogcat space build: a cloned Space's symlinks are never followed (#23).
@@ -163,11 +163,6 @@ MUTATIONS = [
         "space build follows a symlink that stays inside the Space", "dogcat/space.py",
         "        if path.is_symlink():\n", "        if False:\n",
         ("tests/test_space_build.py::test_a_symlinked_folder_the_build_writes_into_is_refused[inside-listed]",),
-    ),
-    Mutation(
-        "Parquet rows without looks_like", "dogcat/batch.py",
-        "[p.looks_like.name if p.looks_like else None for p in predictions]", "[None for p in predictions]",
-        ("tests/test_bulk.py::test_batch_on_a_cluster_gives_predicts_rows_and_an_error_row_per_bad_file",),
     ),
     Mutation(
         "neither decided before too_small", "dogcat/verdict.py",

@@ -44,3 +44,14 @@ def test_ci_runs_exactly_the_readmes_test_command():
     assert tests in (REPO / ".ci" / "run").read_text(encoding="utf-8").splitlines()
     assert main_job.endswith("dogcat app")
     assert "tensorflow" not in main_job  # serving the shipped model needs ONNX Runtime only
+
+
+def test_every_documented_column_list_is_the_rows_own():
+    """README and docs list the columns of `predict --csv` and batch's Parquet: those of Prediction.as_row."""
+    from dogcat.verdict import row_columns
+
+    listed = [[name.strip() for name in text.split(",")] for path in (REPO / "README.md", *REPO.glob("docs/*.md"))
+              for text in re.findall(r"`(path,[^`]*)`", path.read_text(encoding="utf-8"))]
+    assert len(listed) >= 2
+    for columns in listed:
+        assert columns in (row_columns(["cat", "dog"]), [*row_columns(["cat", "dog"]), "node"]), columns

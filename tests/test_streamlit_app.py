@@ -218,7 +218,7 @@ def test_the_uploader_takes_every_format_the_cli_and_gradio_read(monkeypatch):
     """A .webp was refused with a hover-only icon while the app's own text listed WebP, BMP and GIF."""
     from PIL import Image
 
-    from dogcat.data import IMAGE_SUFFIXES
+    from dogcat.preprocessing import IMAGE_SUFFIXES
 
     monkeypatch.delenv("DOGCAT_MODEL", raising=False)
     app = AppTest.from_file(APP, default_timeout=120).run()
