@@ -396,28 +396,22 @@ def _output_files(out_dir: str, log: Callable[[str], None]) -> dict[str, tuple[l
     return files
 
 
-def decode_files(batch: dict[str, np.ndarray], image_size: int) -> dict[str, np.ndarray]:
-    """A Ray Data batch of paths -> uint8 images at the model's size, upright sizes and errors.
+def decode_files(batch: dict[str, np.ndarray], image_size: int) -> tuple[list[str], list]:
+    """A Ray Data batch -> its rows' paths, and each file as (uint8 image at the model's size, upright
+    size) or the one-line reason it could not be read, as `Classifier.classify_decoded` takes them.
 
-    Local files go through the decoder as paths; URIs are read through pyarrow, at most
-    MAX_FILE_BYTES, since a bucket can hold anything.
+    Local files go through the decoder as paths, one at a time; URIs are read through pyarrow, at
+    most MAX_FILE_BYTES, since a bucket can hold anything.
     """
     from dogcat.inference import decode_sources
 
     paths = [str(p) for p in batch["path"]]
     files = [os.fsdecode(bytes(f)) for f in batch["file"]] if "file" in batch else paths
-    images = np.zeros((len(paths), image_size, image_size, 3), np.uint8)
-    sizes = np.zeros((len(paths), 2), np.int64)
-    errors = []
-    for index, path in enumerate(files):
-        source = _read_uri(path) if _is_uri(path) else path
-        item = str(source) if isinstance(source, Exception) else decode_sources([source], [path], image_size)[0]
-        if isinstance(item, str):
-            errors.append(item)
-        else:
-            images[index], sizes[index] = item
-            errors.append("")
-    return {"path": np.array(paths, dtype=object), "image": images, "size": sizes, "error": np.array(errors, dtype=object)}
+    decoded = []
+    for file in files:
+        source = _read_uri(file) if _is_uri(file) else file
+        decoded.append(str(source) if isinstance(source, Exception) else decode_sources([source], [file], image_size)[0])
+    return paths, decoded
 
 
 class ClassifyBatch:
@@ -443,11 +437,7 @@ class ClassifyBatch:
     def __call__(self, batch: dict[str, np.ndarray]):
         import pyarrow as pa
 
-        batch = decode_files(batch, self.image_size)
-        paths = [str(p) for p in batch["path"]]
-        decoded = [error if error else (image, (int(size[0]), int(size[1])))
-                   for image, size, error in zip(batch["image"], batch["size"], batch["error"], strict=True)]
-        predictions = self.classifier.classify_decoded(paths, decoded)
+        predictions = self.classifier.classify_decoded(*decode_files(batch, self.image_size))
         columns = [*row_columns(self.class_names), "node"]  # which node scored the row, for a cluster's record
         types = {"width": pa.int64(), "height": pa.int64()}
         schema = pa.schema([(c, pa.float64() if c.startswith("p_") else types.get(c, pa.string())) for c in columns])

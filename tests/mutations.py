@@ -326,7 +326,7 @@ MUTATIONS = [
     ),
     Mutation(
         "batch re-runs files already in the output", "dogcat/batch.py",
-        "todo = [path for path in found if path not in done]", "todo = found",
+        "todo = [path for path in found if printable(path) not in done]", "todo = found",
         ("tests/test_bulk.py::test_batch_rerun_skips_done_files_and_sets_aside_a_cut_short_file",),
     ),
     Mutation(
@@ -406,7 +406,7 @@ MUTATIONS = [
     ),
     Mutation(
         "missing files listed after the rest", "dogcat/data.py",
-        "    return listed\n", "    return sorted(listed, key=lambda item: item[1] is not None)\n",
+        "    return [(path, why) for path, why in listed\n", "    return [(path, why) for path, why in sorted(listed, key=lambda item: item[1] is not None)\n",
         ("tests/test_cli.py::test_missing_files_and_empty_globs_are_reported_once_in_their_place",),
     ),
     Mutation(
@@ -499,7 +499,7 @@ MUTATIONS = [
     ),
     Mutation(
         "a retry that duplicates rows", "dogcat/batch.py",
-        "    retried = drop_error_rows(out_dir, set(found), log) if retry_errors else 0\n    done = done_paths(out_dir, log)\n",
+        "    retried = drop_error_rows(out_dir, {printable(path) for path in found}, log) if retry_errors else 0\n    done = done_paths(out_dir, log)\n",
         "    retried = sum(bool(e) for _, errors in _output_files(out_dir, log).values() for e in errors) if retry_errors else 0\n"
         "    done = {p for rows, errors in _output_files(out_dir, log).values() for p, e in zip(rows, errors)\n"
         "            if not (e and retry_errors)}\n",
