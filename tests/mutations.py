@@ -331,8 +331,8 @@ MUTATIONS = [
     ),
     Mutation(
         "batch drops the rows of unreadable files", "dogcat/batch.py",
-        "        predictions = self.classifier.classify_decoded(paths, decoded)\n",
-        "        predictions = [p for p in self.classifier.classify_decoded(paths, decoded) if not p.error]\n",
+        "        predictions = self.classifier.classify_decoded(*decode_files(batch, self.image_size))\n",
+        "        predictions = [p for p in self.classifier.classify_decoded(*decode_files(batch, self.image_size)) if not p.error]\n",
         ("tests/test_bulk.py::test_batch_on_a_cluster_gives_predicts_rows_and_an_error_row_per_bad_file",),
     ),
     Mutation(
@@ -483,7 +483,7 @@ MUTATIONS = [
     # dogcat batch on a cluster (#25; the ray extra).
     Mutation(
         "batch reads s3:// URIs as local paths", "dogcat/batch.py",
-        "        source = _read_uri(path) if _is_uri(path) else path\n", "        source = path\n",
+        "        source = _read_uri(file) if _is_uri(file) else file\n", "        source = file\n",
         ("tests/test_bulk.py::test_the_readmes_s3_example_reads_and_writes_a_bucket_resumes_and_retries",),
     ),
     Mutation(
@@ -633,6 +633,11 @@ MUTATIONS = [
         "        st.error(f\"{plain(upload.name)}: {plain(prediction.error)}\")",
         "        st.error(f\"{upload.name}: {prediction.error}\")",
         ("tests/test_streamlit_app.py::test_an_upload_name_is_shown_as_typed_never_as_markdown",),
+    ),
+    Mutation(
+        "the Streamlit page starts from the default [predict] settings", "demos/streamlit_app.py",
+        "ModelFolder.resolve(model_path).predict_config()  #", "ModelFolder.resolve(model_path).predict_config().__class__()  #",
+        ("tests/test_consistency.py::test_the_streamlit_page_gives_the_classifiers_answers",),
     ),
 ]
 

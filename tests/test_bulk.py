@@ -349,6 +349,24 @@ def test_a_file_name_that_is_not_utf8_is_one_row_and_a_rerun_finds_everything_do
     assert f"all {len(photos) + 1} file(s) are already in" in capsys.readouterr().err
 
 
+def test_batch_gives_the_classifiers_answers_with_the_models_own_settings(ray_cluster, tmp_path, capsys):
+    """tests/test_consistency.py's check for batch: its actors serve the model's config.toml (they served the defaults)."""
+    from dogcat.inference import Classifier
+    from tests.test_consistency import model_with_own_settings, ten_photos
+
+    model, photos = model_with_own_settings(tmp_path / "model"), ten_photos(tmp_path / "photos")
+    expected = Classifier.from_path(model).predict(photos, names=[str(p) for p in photos])
+    assert main(["batch", *map(str, photos), "--out", str(tmp_path / "out"), "--model", str(model),
+                 "--address", ray_cluster]) == 1, capsys.readouterr().err  # the broken file
+    rows = {row["path"]: row for row in _rows(tmp_path / "out")}
+    assert sorted(rows) == [str(p) for p in photos]
+    for prediction in expected:
+        for key, value in prediction.as_row(["cat", "dog"]).items():  # verdict, label, probabilities, size, error
+            expected_value = pytest.approx(value, abs=1e-6) if isinstance(value, float) else value
+            assert rows[prediction.source][key] == expected_value, (prediction.source, key)
+    assert "unsure" in [p.verdict for p in expected]
+
+
 def test_batch_without_an_address_starts_and_stops_a_local_ray(int8_model, shared_data, tmp_path, capsys):
     out = tmp_path / "out"
     cat, dog = _real_photos(shared_data, 1)
