@@ -320,7 +320,7 @@ MUTATIONS = [
     ),
     Mutation(
         "int8's 'neither' is not judged again on float32's features", "dogcat/inference.py",
-        "if recheck is not None and features is not None and np.any(neither):",
+        "if recheck is not None and self.detector is not None and features is not None and np.any(neither | unsure):",
         "if False:",
         ("tests/test_bulk.py::test_int8_keeps_float32s_labels_accuracy_and_log_loss_on_real_photos",),
     ),
