@@ -37,7 +37,7 @@ import numpy as np
 
 from dogcat.artifacts import BATCH_RUNTIMES, ArtifactError
 from dogcat.data import IMAGE_SUFFIXES, DataError, expand_paths, skipped_line
-from dogcat.errors import DogcatError
+from dogcat.errors import DogcatError, UsageError
 from dogcat.model_folder import ModelFolder
 from dogcat.preprocessing import FORMAT_NAMES, MAX_FILE_BYTES
 from dogcat.printable import printable
@@ -140,7 +140,7 @@ def run_batch(paths: list[str], out_dir: str, model_path: str | Path | None = No
         raise ArtifactError(f"dogcat batch runs ONNX Runtime: runtime must be one of {BATCH_RUNTIMES}. "
                             f"Received: runtime={runtime!r}")
     if actors is not None and actors < 1:
-        raise ArtifactError(f"actors must be at least 1. Received: actors={actors}")
+        raise UsageError(f"actors must be at least 1. Received: actors={actors}")
     skipped: list[str] = []
     found = list_files(paths, skipped)  # the cheap checks first: a typo is said in a second, not after the model loads
     if skipped:

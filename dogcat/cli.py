@@ -551,18 +551,16 @@ def _app(args: argparse.Namespace) -> int:
 
 
 def _check_port_free(host: str, port: int) -> None:
-    """Raise DataError, in one line that says what to do, when another server holds `host:port`."""
+    """Raise UsageError, in one line that says what to do, when another server holds `host:port`."""
     import socket
-
-    from dogcat.data import DataError
 
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is no obstacle
         try:
             probe.bind((host, port))
         except OSError as error:
-            raise DataError(f"Cannot serve on {host}:{port} ({os.strerror(error.errno) if error.errno else error}): "
-                            f"another program uses it; pick a free one with --port N. Received: port={port}") from None
+            raise UsageError(f"Cannot serve on {host}:{port} ({os.strerror(error.errno) if error.errno else error}): "
+                             f"another program uses it; pick a free one with --port N. Received: port={port}") from None
 
 
 def _app_command(script: Path, host: str, port: int) -> list[str]:

@@ -156,13 +156,11 @@ def onnx_runner_for(model_path: Path, int8: bool = False, threads: int = 1) -> O
     """The ONNX runner for `model_path`'s exported twin (the int8 one with `int8`), with `threads`
     intra-op threads per call, or why there is none."""
     onnx_path = ModelFolder(Path(model_path)).onnx(int8)
-    filename = onnx_path.name
+    filename, again = onnx_path.name, f"dogcat export --int8 {model_path} --data DATA_DIR" if int8 else f"dogcat export {model_path}"
     if not onnx_path.is_file():
-        command = f"dogcat export --int8 {model_path} --data DATA_DIR" if int8 else f"dogcat export {model_path}"
-        return f"no {filename} beside the model (run `{command}`)"
+        return f"no {filename} beside the model (run `{again}`)"
     damaged = checksum_problem(onnx_path)
     if damaged:
-        again = f"dogcat export --int8 {model_path} --data DATA_DIR" if int8 else f"dogcat export {model_path}"
         return f"{damaged}; run `{again}` to rewrite it"
     try:
         runner = OnnxRunner(onnx_path, threads=threads)
@@ -172,10 +170,8 @@ def onnx_runner_for(model_path: Path, int8: bool = False, threads: int = 1) -> O
         if isinstance(error, ImportError):
             return "onnxruntime is not installed"
         # a damaged file: fall back rather than fail
-        again = f"dogcat export --int8 {model_path} --data DATA_DIR" if int8 else f"dogcat export {model_path}"
         return f"{onnx_path} could not be loaded ({type(error).__name__}; run `{again}` to rewrite it)"
     if runner.metadata.get("dogcat_keras_sha256") != file_sha256(model_path):
-        again = f"dogcat export --int8 {model_path} --data DATA_DIR" if int8 else f"dogcat export {model_path}"
         return f"{onnx_path} was exported from a different .keras file (run `{again}` again)"
     if (runner.name == "onnx-int8") != int8:
         return f"{onnx_path} is {'not ' if int8 else ''}an int8 export"
