@@ -601,11 +601,11 @@ def test_the_readmes_cluster_recipe_runs_as_printed(machine, shared_data, tmp_pa
     process group each, one CPU each), then the recipe's `dogcat batch` on local folders."""
     home = tmp_path / "home"
     home.mkdir()
-    if machine != "bare":
-        (home / ".ray").mkdir()
-        (home / ".ray" / "auth_token").write_text("1" * 64)
     env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}  # a new shell: only what the recipe exports
     env.update(HOME=str(home), PATH=f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}")
+    if machine != "bare":  # a token made earlier, as Ray makes them
+        subprocess.run([str(RAY_CLI), "get-auth-token", "--generate"], env=env, capture_output=True, check=True)
+    before = (home / ".ray" / "auth_token").read_text() if machine != "bare" else None
     port, photos, out = _free_port(), tmp_path / "photos", tmp_path / "verdicts"
     _link_photos(shared_data, photos, 10)
     nodes: list[subprocess.Popen] = []
@@ -653,6 +653,7 @@ def test_the_readmes_cluster_recipe_runs_as_printed(machine, shared_data, tmp_pa
                 os.killpg(node.pid, signal.SIGKILL)
                 node.wait(timeout=20)
     assert (home / ".ray" / "auth_token").is_file()
+    assert before in (None, (home / ".ray" / "auth_token").read_text()), "the recipe replaced an existing token"
     assert sorted(row["path"] for row in _rows(out)) == sorted(str(p) for p in photos.iterdir())
 
 
