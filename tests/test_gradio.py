@@ -306,7 +306,8 @@ def test_space_folder_has_everything_a_gradio_space_needs(tmp_path, measured_mod
 
     source = REPO / "dogcat"
     vendored = {p.relative_to(out / "dogcat") for p in (out / "dogcat").rglob("*") if p.is_file()}
-    assert vendored == {p.relative_to(source) for p in source.glob("*.py")}
+    # the modules and their data (the ImageNet groups table the detector reads)
+    assert vendored == {p.relative_to(source) for pattern in ("*.py", "*.tsv") for p in source.glob(pattern)}
     assert not any(part in NOT_VENDORED for p in vendored for part in p.parts)
     assert (out / "models" / MODEL_FILENAME).read_bytes() == (measured_model / MODEL_FILENAME).read_bytes()
     assert (out / "models" / CLASS_NAMES_FILENAME).is_file()
