@@ -77,6 +77,10 @@ def about(model_path: str) -> None:
             st.caption(f"Model file: {model_path}")
 
 
+# Under "looks like": what a general photo recognizer (ImageNet's 1,000 kinds) guesses, in a pet owner's words.
+HINT_CAPTION = "A general photo recognizer's guess at what it shows: a hint, not a claim."
+
+
 def neither_text(test: dict) -> str:
     """How "neither" is decided (dogcat.detector.DESCRIPTION), with what was measured where the model card has it."""
     text = DESCRIPTION
@@ -133,12 +137,12 @@ def show_prediction(upload: Upload, prediction: Prediction) -> None:
     if detail and prediction.verdict == TOO_SMALL:
         verdict.caption(detail.rstrip(")"))
     if prediction.verdict == NEITHER:
-        verdict.caption("Unlike the training photos, and ImageNet's classes see no cat or dog in it.")
+        verdict.caption("No cat or dog found in this photo.")
     elif prediction.verdict in (UNSURE, TOO_SMALL):
         verdict.caption("The model cannot tell from this photo.")
     if prediction.hint:
         verdict.markdown(f"{prediction.hint[0].upper()}{prediction.hint[1:]}")
-        verdict.caption("ImageNet's best guess: a hint, not a claim.")
+        verdict.caption(HINT_CAPTION)
     # Secondary: the classifier's two probabilities, which it gives for any photo, so a bar for "dog"
     # under "Neither a cat nor a dog" says which question it answers.
     verdict.caption(PROBABILITIES_CAPTION)
