@@ -73,7 +73,7 @@ def test_browser_upload_gives_labels_and_a_readable_error(app_url, shared_data, 
             )
             hints = page.get_by_text(re.compile(r"^Looks like an? .+ \(\d+%\)$")).count()
             assert hints >= 1
-            assert page.get_by_text("ImageNet's best guess: a hint, not a claim.").count() == hints
+            assert page.get_by_text("A general photo recognizer's guess at what it shows: a hint, not a claim.").count() == hints
 
             # A WebP, which the uploader once refused with a hover-only icon: classified like a JPEG.
             from PIL import Image
