@@ -58,7 +58,7 @@ def network_rates(model: Path, images: np.ndarray, repeats: int = 3) -> dict[str
     runs = {
         "float32": lambda batch: float_session.run(["probabilities", "features"], {"image": batch}),
         "int8 graph": lambda batch: int8_session.run(["probabilities", "features"], {"image": batch}),
-        "int8 runtime (with re-check)": lambda batch: int8_runtime.runner(batch),
+        "int8 runtime (with re-check)": lambda batch: int8_runtime.predict_batch(batch),
     }
     best = {name: 0.0 for name in runs}
     for _ in range(repeats):

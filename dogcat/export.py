@@ -17,7 +17,7 @@ float32 on labels, not to 1e-4: its contract is label agreement, accuracy and lo
 - the last 1x1 convolution and the head stay float32. That convolution's output (the feature
   map Grad-CAM and the detector read) lost the most when quantized (7.9 dB signal-to-noise,
   against 10-12 dB for every other tensor), and it is a few percent of the network's work;
-- a photo int8 is unsure of is scored again in float32 (dogcat.inference.OnnxRunner), since
+- a photo int8 is unsure of is scored again in float32 (`Classifier._recheck_in_float32`), since
   quantization flips labels only near the boundary.
 """
 
@@ -77,7 +77,7 @@ def export_int8(model_path: str | Path, data_dir: str | Path, out_path: str | Pa
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from dogcat.data import read_split
-    from dogcat.inference import OnnxRunner, onnx_runner_for
+    from dogcat.runtimes import OnnxRunner, onnx_runner_for
 
     model_path = Path(model_path)
     out_path = Path(out_path) if out_path is not None else ModelFolder(model_path).onnx(int8=True)

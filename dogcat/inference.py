@@ -5,21 +5,15 @@ the model and decodes through dogcat.preprocessing, so serving cannot drift from
 One unreadable file becomes a `Prediction` with an `error`; the others are still predicted.
 A `Classifier` can be shared between threads (a Streamlit process serves many sessions).
 
-The network runs on one of three runtimes: Keras (the reference), ONNX Runtime, which is
-faster per photo on a CPU, or ONNX Runtime on the int8 twin, for bulk work (`onnx-int8`).
-`from_path` picks ONNX when `dogcat export` has written a `dog_cat_classifier.onnx` beside the
-`.keras` that still matches it, else Keras; int8 is used only when asked for.
-Keras is imported only when the Keras runtime is used. Both runtimes return the probabilities
-and the pooled features, from which the detector (dogcat.detector) and dogcat.verdict decide each
-photo's verdict and what it looks like, and, only when
-asked (`explain=True`), a Grad-CAM heatmap of where the model looked (dogcat.explain).
+The network runs on a runtime (dogcat.runtimes): `from_path` picks ONNX when `dogcat export`
+wrote a `dog_cat_classifier.onnx` that matches the `.keras`, else Keras; int8 only when asked
+for. From its scores dogcat.detector and dogcat.verdict decide each photo's verdict.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,16 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dogcat.artifacts import (
-    RUNTIMES,
-    ArtifactError,
-    checksum_problem,
-    file_sha256,
-    interrupt_requested,
-    load_class_names,
-)
-from dogcat.detector import Detector, detector_for
-from dogcat.explain import FEATURE_MAP, LOGIT_GRADIENTS, grad_cam, logit_gradients
+from dogcat import runtimes
+from dogcat.artifacts import RUNTIMES, ArtifactError, load_class_names
+from dogcat.detector import Detector, Judgement, detector_for
 from dogcat.model_folder import ModelFolder
 from dogcat.preprocessing import ImageError, ImageSource, decode_image_with_size, to_model_input
 from dogcat.verdict import Prediction, VerdictRules, decide, describe
@@ -44,160 +31,20 @@ from dogcat.verdict import Prediction, VerdictRules, decide, describe
 __all__ = ["Classifier", "Prediction"]  # Prediction lives in dogcat.verdict, kept importable here
 
 
-# int8 flips labels only near the boundary: a photo whose int8 top probability is under this is
-# scored again in float32 (about 2% of cats and dogs; benchmarks/batch.py).
-INT8_RECHECK_BELOW = 0.8
-
-
-class KerasRunner:
-    """The reference runtime: the `.keras` model itself."""
-
-    name = "keras"
-    parallel = False  # calls run one at a time (the lock below)
-
-    def __init__(self, model):
-        from dogcat.model import image_size_of
-
-        self.model = model
-        self.image_size = image_size_of(model)
-        self.num_outputs = int(model.output_shape[-1])
-        self._lock = threading.Lock()  # one call at a time: Keras gives no thread-safety promise
-
-        from dogcat.model import with_features
-
-        try:  # the detector's features too; a model that is not a dogcat classifier has none
-            self._with_features = with_features(model)
-        except ValueError:
-            self._with_features = None
-        self.has_features = self.can_explain = self._with_features is not None
-        self._with_feature_map = None  # built on the first explanation asked for
-
-    def __call__(self, images: np.ndarray, explain: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """(probabilities, pooled features or None, Grad-CAM maps (N, H, W, classes) when `explain`)."""
-        with self._lock:
-            if self._with_features is None:
-                return np.asarray(self.model.predict_on_batch(images)), None, None
-            if not explain:
-                probabilities, features = self._with_features.predict_on_batch(images)
-                return np.asarray(probabilities), np.asarray(features), None
-            if self._with_feature_map is None:
-                import keras
-
-                from dogcat.model import HEAD_LAYERS, with_features
-
-                self._with_feature_map = with_features(self.model, feature_map=True)
-                dense, logits = (self.model.get_layer(name) for name in (HEAD_LAYERS[1], HEAD_LAYERS[-1]))
-                self._head = [keras.ops.convert_to_numpy(w) for w in (dense.kernel, dense.bias, logits.kernel)]
-            probabilities, features, feature_map = map(np.asarray, self._with_feature_map.predict_on_batch(images))
-        gradients = logit_gradients(feature_map.mean(axis=(1, 2)), *self._head)
-        return probabilities, features, grad_cam(feature_map, gradients)
-
-
 NON_FINITE = "the model gave a non-finite probability (NaN or infinity): its weights are damaged"
-
-
-class OnnxRunner:
-    """ONNX Runtime on the file `dogcat export` wrote; `InferenceSession.run` is thread-safe.
-
-    With `recheck` (the float32 runner beside an int8 file), photos the int8 network is unsure
-    of (top probability under INT8_RECHECK_BELOW) are scored again by `recheck`, so int8 keeps
-    float32's labels where quantization would flip them, for a few percent more work
-    (`Classifier` also re-checks the photos the detector calls "neither" on int8's features).
-    """
-
-    parallel = True  # a session takes concurrent calls
-
-    def __init__(self, path: Path, recheck: OnnxRunner | None = None, threads: int = 1):
-        """`threads`: ONNX Runtime's intra-op threads for one call. One by default: a Classifier
-        runs several calls at once (`workers`), which keeps every core busy without the barrier
-        of a wide call that waits for its slowest thread while a decode holds a core."""
-        import onnxruntime
-
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-        # Idle threads that spin hold a core the decoding and the detector's maths need (#25: -25% per photo).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.threads = threads
-        self.session = onnxruntime.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-        self.metadata = self.session.get_modelmeta().custom_metadata_map
-        self.name = "onnx-int8" if self.metadata.get("dogcat_precision") == "int8" else "onnx"
-        self.recheck = recheck
-        self.input_name = self.session.get_inputs()[0].name
-        self.image_size = int(self.metadata["dogcat_image_size"])
-        self.num_outputs = int(self.session.get_outputs()[0].shape[-1])
-        # Exports made before the detector have no features output: verdicts then fall back.
-        self.outputs = [o.name for o in self.session.get_outputs()][:1]
-        if "features" in {o.name for o in self.session.get_outputs()}:
-            self.outputs = [self.session.get_outputs()[0].name, "features"]
-        self.has_features = len(self.outputs) > 1
-        # Exports made before Grad-CAM lack these; asked for only when explaining (a 250 KB map per photo).
-        self.can_explain = self.has_features and {FEATURE_MAP, LOGIT_GRADIENTS} <= {o.name for o in self.session.get_outputs()}
-
-    def __call__(self, images: np.ndarray, explain: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """(probabilities, pooled features or None, Grad-CAM maps (N, H, W, classes) when `explain`)."""
-        extra = [FEATURE_MAP, LOGIT_GRADIENTS] if explain else []
-        results = self.session.run(self.outputs + extra, {self.input_name: images})
-        maps = grad_cam(*results[-2:]) if explain else None
-        probabilities, features = results[0], (results[1] if len(self.outputs) > 1 else None)
-        unsure = np.flatnonzero(probabilities.max(axis=1) < INT8_RECHECK_BELOW) if self.recheck else []
-        if len(unsure):
-            again = self.recheck(images[unsure], explain)
-            probabilities[unsure] = again[0]
-            if features is not None:
-                features[unsure] = again[1]
-            if explain:
-                maps[unsure] = again[2]
-        return probabilities, features, maps
-
-
-def onnx_runner_for(model_path: Path, int8: bool = False, threads: int = 1) -> OnnxRunner | str:
-    """The ONNX runner for `model_path`'s exported twin (the int8 one with `int8`), with `threads`
-    intra-op threads per call, or why there is none."""
-    onnx_path = ModelFolder(Path(model_path)).onnx(int8)
-    filename, again = onnx_path.name, f"dogcat export --int8 {model_path} --data DATA_DIR" if int8 else f"dogcat export {model_path}"
-    if not onnx_path.is_file():
-        return f"no {filename} beside the model (run `{again}`)"
-    damaged = checksum_problem(onnx_path)
-    if damaged:
-        return f"{damaged}; run `{again}` to rewrite it"
-    try:
-        runner = OnnxRunner(onnx_path, threads=threads)
-    except Exception as error:
-        if interrupt_requested():  # Ctrl-C during the load: never a reason to fall back to Keras
-            raise KeyboardInterrupt from None
-        if isinstance(error, ImportError):
-            return "onnxruntime is not installed"
-        # a damaged file: fall back rather than fail
-        return f"{onnx_path} could not be loaded ({type(error).__name__}; run `{again}` to rewrite it)"
-    if runner.metadata.get("dogcat_keras_sha256") != file_sha256(model_path):
-        return f"{onnx_path} was exported from a different .keras file (run `{again}` again)"
-    if (runner.name == "onnx-int8") != int8:
-        return f"{onnx_path} is {'not ' if int8 else ''}an int8 export"
-    # A gray photo must give finite probabilities: NaN or infinite weights otherwise answer every photo with NaN.
-    probe = runner.session.run(runner.outputs[:1], {runner.input_name: np.full((1, runner.image_size, runner.image_size, 3),
-                                                                                0.5, np.float32)})[0]
-    if not np.isfinite(probe).all():
-        return f"{onnx_path} gives non-finite probabilities (NaN or infinite weights)"
-    if int8:
-        runner.recheck = onnx_runner_for(model_path, threads=threads)  # the float twin re-scores what int8 is unsure of
-        if not isinstance(runner.recheck, OnnxRunner):
-            return f"the int8 twin needs the float32 one beside it: {runner.recheck}"
-    return runner
 
 
 class Classifier:
     def __init__(self, runner, class_names: dict[int, str], batch_size: int = 32,
                  detector: Detector | None = None, rules: VerdictRules | None = None, workers: int | None = None):
-        """`runner` is a KerasRunner, an OnnxRunner, or a Keras model (wrapped in a KerasRunner).
+        """`runner` is a KerasRunner, an OnnxRunner (dogcat.runtimes), or a Keras model (wrapped in a KerasRunner).
 
         Without a `detector` there are no "neither" verdicts; `verdict_warning` then says why
         when `from_path` looked for one. `workers`: how many batches `predict` decodes and scores
         at once (default `default_workers`).
         """
-        if not isinstance(runner, KerasRunner | OnnxRunner):
-            runner = KerasRunner(runner)
+        if not isinstance(runner, runtimes.KerasRunner | runtimes.OnnxRunner):
+            runner = runtimes.KerasRunner(runner)
         if runner.num_outputs != len(class_names):
             raise ArtifactError(
                 f"Model has {runner.num_outputs} outputs but {len(class_names)} class names. Received: class_names={class_names}"
@@ -207,7 +54,7 @@ class Classifier:
         self.class_names = class_names
         self.image_size = runner.image_size
         self.batch_size = batch_size
-        self.workers = workers or default_workers(runner)
+        self.workers = workers or runtimes.default_workers(runner)
         self.detector = detector
         self.rules = rules or VerdictRules()
         self.verdict_warning: str | None = None
@@ -245,8 +92,8 @@ class Classifier:
         class_names = load_class_names(class_names_path)  # before the model: cheap, and refuses bad files early
         runner, runtime_warning = None, None
         if runtime != "keras":
-            onnx = onnx_runner_for(model_path, int8=runtime == "onnx-int8", threads=threads)
-            if isinstance(onnx, OnnxRunner):
+            onnx = runtimes.onnx_runner_for(model_path, int8=runtime == "onnx-int8", threads=threads)
+            if isinstance(onnx, runtimes.OnnxRunner):
                 runner = onnx
             elif runtime != "auto":
                 raise ArtifactError(f"Cannot use the {runtime} runtime: {onnx}. Received: runtime={runtime!r}")
@@ -255,7 +102,7 @@ class Classifier:
         if runner is None:
             from dogcat.model import load_model
 
-            runner = KerasRunner(load_model(model_path))
+            runner = runtimes.KerasRunner(load_model(model_path))
         detector, warning = detector_for(model_path)
         if detector is not None and not runner.has_features:
             detector = None
@@ -275,18 +122,41 @@ class Classifier:
         expected = (self.image_size, self.image_size, 3)
         if images.ndim != 4 or images.shape[1:] != expected:
             raise ImageError(f"Expected images of shape (N, {', '.join(map(str, expected))}). Received: shape={images.shape}")
-        return self._run(images)[0]
+        scores = self._run(images)
+        self._recheck_in_float32(images, scores, None, explain=False)
+        return scores.probabilities
 
-    def _run(self, images: np.ndarray, explain: bool = False) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """(probabilities, pooled features or None, Grad-CAM maps when `explain`) for a float32 batch,
-        `batch_size` at a time."""
-        outputs = [self.runner(images[start : start + self.batch_size], explain=explain)
+    def _run(self, images: np.ndarray, explain: bool = False, runner=None) -> runtimes.Scores:
+        """`runner`'s (default this classifier's) scores for a float32 batch, `batch_size` at a time."""
+        outputs = [(runner or self.runner)(images[start : start + self.batch_size], explain=explain)
                    for start in range(0, len(images), self.batch_size)]
         if not outputs:
-            return np.zeros((0, len(self.class_names)), np.float32), None, None
-        features = None if outputs[0][1] is None else np.concatenate([o[1] for o in outputs])
-        maps = np.concatenate([o[2] for o in outputs]) if explain else None
-        return np.concatenate([o[0] for o in outputs]), features, maps
+            return runtimes.Scores(np.zeros((0, len(self.class_names)), np.float32), None, None)
+        return runtimes.Scores(*(None if part[0] is None else np.concatenate(part) for part in zip(*outputs, strict=True)))
+
+    def _recheck_in_float32(self, inputs: np.ndarray, scores: runtimes.Scores, judged: Judgement | None,
+                            explain: bool) -> None:
+        """The README's int8 promise, float32's verdicts: photos int8 is unsure of (top probability
+        under INT8_RECHECK_BELOW) or that the detector calls "neither" or doubts are scored again
+        by the float32 twin, and judged again on its features; `scores` and `judged` (the
+        detector's, None without one) change in place. Nothing to do off int8."""
+        twin = getattr(self.runner, "float32_twin", None)
+        if twin is None:
+            return
+        doubted = scores.probabilities.max(axis=1) < runtimes.INT8_RECHECK_BELOW
+        if judged is not None:
+            doubted |= judged.neither | judged.unsure
+        rows = np.flatnonzero(doubted)
+        if not len(rows):
+            return
+        for mine, again in zip(scores, self._run(inputs[rows], explain, twin), strict=True):
+            if mine is not None:
+                mine[rows] = again
+        if judged is not None:
+            again = self.detector.judge(scores.features[rows])
+            judged.neither[rows], judged.unsure[rows] = again.neither, again.unsure
+            for row, seen in zip(rows, again.looks_like, strict=True):
+                judged.looks_like[row] = seen
 
     @property
     def can_explain(self) -> bool:
@@ -316,8 +186,7 @@ class Classifier:
         float32) and a call of a few photos still uses every core. At most one part waits,
         done, beyond those being worked on.
         """
-        if explain and not self.can_explain:
-            raise ArtifactError(f"This model cannot explain its predictions ({self._no_explanation()}). Received: explain=True")
+        self._check_explainable(explain)
         names = list(names) if names is not None else [_describe(s) for s in sources]
         size = max(1, math.ceil(min(self.batch_size, len(sources)) / (self.workers if self.runner.parallel else 1)))
         chunks = [(sources[i : i + size], names[i : i + size]) for i in range(0, len(sources), size)]
@@ -335,10 +204,11 @@ class Classifier:
                 for future in pending:
                     future.cancel()
 
-    def _no_explanation(self) -> str:
-        if self.runtime.startswith("onnx"):
-            return "its ONNX export predates explanations: run `dogcat export` on the .keras again"
-        return "not a dogcat classifier"
+    def _check_explainable(self, explain: bool) -> None:
+        if explain and not self.can_explain:
+            why = ("its ONNX export predates explanations: run `dogcat export` on the .keras again"
+                   if self.runtime.startswith("onnx") else "not a dogcat classifier")
+            raise ArtifactError(f"This model cannot explain its predictions ({why}). Received: explain=True")
 
     def _decode_and_classify(self, sources: Sequence[ImageSource], names: list[str], rules: VerdictRules,
                              explain: bool) -> list[Prediction]:
@@ -349,8 +219,7 @@ class Classifier:
         """Predictions for sources already decoded by `decode_sources` (a bulk job decodes in other
         processes, dogcat.batch; the HTTP API decodes each upload as it arrives, dogcat.serve); the
         same scoring and verdicts as `predict`."""
-        if explain and not self.can_explain:
-            raise ArtifactError(f"This model cannot explain its predictions ({self._no_explanation()}). Received: explain=True")
+        self._check_explainable(explain)
         return [p for start in range(0, len(names), self.batch_size)
                 for p in self._classify(names[start : start + self.batch_size],
                                         decoded[start : start + self.batch_size], rules or self.rules, explain)]
@@ -360,24 +229,11 @@ class Classifier:
         if not good:
             return [Prediction(name, error=item) for name, item in zip(names, decoded, strict=True)]
         inputs = to_model_input(np.stack([image for image, _ in good]))
-        probabilities, features, maps = self._run(inputs, explain)
-        neither, unsure, looks_like = [None] * len(good), np.zeros(len(good), bool), [None] * len(good)
-        if self.detector is not None and features is not None:
-            judged = self.detector.judge(features)
-            neither, unsure, looks_like = judged.neither, judged.unsure, judged.looks_like
-        recheck = getattr(self.runner, "recheck", None)
-        if recheck is not None and self.detector is not None and features is not None and np.any(neither | unsure):
-            # int8's features move the detector's distances: a photo int8 calls "neither" or doubts
-            # is judged again on float32's, as an unsure label is (OnnxRunner).
-            rows = np.flatnonzero(neither | unsure)
-            again = recheck(inputs[rows], explain)
-            probabilities[rows], features[rows] = again[0], again[1]
-            if explain:
-                maps[rows] = again[2]
-            judged = self.detector.judge(again[1])
-            neither[rows], unsure[rows] = judged.neither, judged.unsure
-            for row, seen in zip(rows, judged.looks_like, strict=True):
-                looks_like[row] = seen
+        probabilities, features, maps = scores = self._run(inputs, explain)
+        judged = self.detector.judge(features) if self.detector is not None and features is not None else None
+        self._recheck_in_float32(inputs, scores, judged, explain)
+        neither, unsure, looks_like = ((judged.neither, judged.unsure, judged.looks_like) if judged is not None
+                                       else ([None] * len(good), np.zeros(len(good), bool), [None] * len(good)))
         if features is None:
             features = [None] * len(good)
         # Each photo's map for the class it was labelled (argmax), whatever its verdict.
@@ -407,16 +263,6 @@ class Classifier:
         """{class name: probability} for one image; raises ImageError with a one-line reason."""
         image = to_model_input(decode_image_with_size(source, self.image_size)[0])
         return {self.class_names[c]: float(p) for c, p in enumerate(self.predict_batch(image)[0])}
-
-
-def default_workers(runner) -> int:
-    """Batches a Classifier decodes and scores at once: on ONNX Runtime, enough single-threaded
-    calls for every core this process may use (at least two, so one decodes while one scores);
-    on Keras, which spreads one call over the cores itself, two."""
-    if not isinstance(runner, OnnxRunner):
-        return 2
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(2, cores // max(1, runner.threads))
 
 
 def decode_sources(sources: Sequence[ImageSource], names: Sequence[str], image_size: int) -> list[tuple[np.ndarray, tuple[int, int]] | str]:

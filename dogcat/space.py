@@ -55,8 +55,8 @@ from dogcat.artifacts import (
 from dogcat.config import Config, ConfigError, load_config
 from dogcat.detector import DESCRIPTION
 from dogcat.errors import DogcatError
-from dogcat.inference import OnnxRunner, onnx_runner_for
 from dogcat.model_folder import ModelFolder
+from dogcat.runtimes import OnnxRunner, onnx_runner_for
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 APP_FILENAME = "gradio_app.py"

@@ -220,7 +220,7 @@ MUTATIONS = [
     ),
     Mutation(
         "int8 does not recheck what the detector doubts", "dogcat/inference.py",
-        "            rows = np.flatnonzero(neither | unsure)", "            rows = np.flatnonzero(neither)",
+        "            doubted |= judged.neither | judged.unsure", "            doubted |= judged.neither",
         ("tests/test_verdict.py::test_int8_rechecks_what_the_detector_doubts_in_float32",),
     ),
     Mutation(
@@ -315,13 +315,13 @@ MUTATIONS = [
     # Bulk work (needs the ray extra; `nox -s mutations` installs it).
     Mutation(
         "int8 re-scores no unsure photo in float32", "dogcat/inference.py",
-        "if self.recheck else []", "if False else []",
+        "doubted = scores.probabilities.max(axis=1) < runtimes.INT8_RECHECK_BELOW",
+        "doubted = scores.probabilities.max(axis=1) < 0",
         ("tests/test_bulk.py::test_int8_keeps_float32s_labels_accuracy_and_log_loss_on_real_photos",),
     ),
     Mutation(
         "int8's 'neither' is not judged again on float32's features", "dogcat/inference.py",
-        "if recheck is not None and self.detector is not None and features is not None and np.any(neither | unsure):",
-        "if False:",
+        "        if judged is not None:\n            doubted", "        if False:\n            doubted",
         ("tests/test_bulk.py::test_int8_keeps_float32s_labels_accuracy_and_log_loss_on_real_photos",),
     ),
     Mutation(
@@ -358,7 +358,7 @@ MUTATIONS = [
         ("tests/test_cli.py::test_more_head_epochs_than_epochs_is_refused_in_one_line",),
     ),
     Mutation(
-        "a Ctrl-C during the ONNX Runtime load taken for a load failure", "dogcat/inference.py",
+        "a Ctrl-C during the ONNX Runtime load taken for a load failure", "dogcat/runtimes.py",
         "        if interrupt_requested():  # Ctrl-C during the load: never a reason to fall back to Keras\n",
         "        if False:\n",
         ("tests/test_cli.py::test_ctrl_c_during_the_onnx_load_is_an_interrupt_not_a_fallback",),
@@ -377,7 +377,7 @@ MUTATIONS = [
         ("tests/test_cli.py::test_ctrl_c_while_the_command_installs_its_handler_exits_130_in_one_line",),
     ),
     Mutation(
-        "an ONNX twin used without checking its own sha256", "dogcat/inference.py",
+        "an ONNX twin used without checking its own sha256", "dogcat/runtimes.py",
         "    damaged = checksum_problem(onnx_path)\n", "    damaged = None\n",
         ("tests/test_cli.py::test_an_onnx_twin_damaged_inside_its_weights_is_caught_by_its_own_sha256",),
     ),
@@ -470,7 +470,7 @@ MUTATIONS = [
         ("tests/test_streamlit_app.py::test_with_the_heatmap_each_upload_is_decoded_once_for_the_model_and_once_for_both_pictures",),
     ),
     Mutation(
-        "predict scores one batch at a time on ONNX Runtime", "dogcat/inference.py",
+        "predict scores one batch at a time on ONNX Runtime", "dogcat/runtimes.py",
         "    return max(2, cores // max(1, runner.threads))\n", "    return 1\n",
         ("tests/test_inference.py::test_onnx_predict_scores_batches_on_every_core_at_once_in_input_order",),
     ),
@@ -493,7 +493,7 @@ MUTATIONS = [
         ("tests/test_bulk.py::test_the_plan_gives_every_cpu_an_actor_and_leaves_room_to_write_whatever_the_nodes_size",),
     ),
     Mutation(
-        "ONNX Runtime on every core in each actor", "dogcat/inference.py",
+        "ONNX Runtime on every core in each actor", "dogcat/runtimes.py",
         "        options.intra_op_num_threads = threads\n", "",
         ("tests/test_bulk.py::test_an_actor_runs_onnx_runtime_on_the_threads_it_was_given",),
     ),

@@ -424,7 +424,7 @@ def test_an_actor_runs_onnx_runtime_on_the_threads_it_was_given():
     from dogcat.inference import Classifier
 
     classifier = Classifier.from_path(SHIPPED_MODEL, runtime="onnx-int8", threads=3)
-    for runner in (classifier.runner, classifier.runner.recheck):
+    for runner in (classifier.runner, classifier.runner.float32_twin):
         assert runner.session.get_session_options().intra_op_num_threads == 3
     assert classifier.predict([str(REPO / "demos" / "examples" / sorted(os.listdir(REPO / "demos" / "examples"))[0])])
 

@@ -318,16 +318,16 @@ def test_ctrl_c_during_the_onnx_load_is_an_interrupt_not_a_fallback(monkeypatch)
     """An interrupt inside ONNX Runtime's import can surface as ImportError; once the command's
     SIGINT handler noted it, the load re-raises it instead of falling back to Keras."""
     import dogcat.artifacts
-    import dogcat.inference
+    import dogcat.runtimes
     from dogcat.inference import Classifier
 
-    def interrupted_load(path, recheck=None, threads=1):
+    def interrupted_load(path, threads=1):
         try:
             dogcat.artifacts.note_interrupt()
         except KeyboardInterrupt:
             raise ImportError("initialization of onnxruntime failed") from None
 
-    monkeypatch.setattr(dogcat.inference, "OnnxRunner", interrupted_load)
+    monkeypatch.setattr(dogcat.runtimes, "OnnxRunner", interrupted_load)
     monkeypatch.setattr(dogcat.artifacts, "_INTERRUPTED", dogcat.artifacts.threading.Event())
     with pytest.raises(KeyboardInterrupt):
         Classifier.from_path()

@@ -577,6 +577,6 @@ def test_int8_rechecks_what_the_detector_doubts_in_float32():
     expected = float32.predict([DOUBTED_BY_INT8])[0]
     assert expected.verdict == DOG
     assert int8.predict([DOUBTED_BY_INT8])[0].verdict == DOG
-    recheck, int8.runner.recheck = int8.runner.recheck, None  # the case is real: int8 alone doubts it
+    twin, int8.runner.float32_twin = int8.runner.float32_twin, None  # the case is real: int8 alone doubts it
     assert int8.predict([DOUBTED_BY_INT8])[0].verdict == UNSURE
-    int8.runner.recheck = recheck
+    int8.runner.float32_twin = twin
