@@ -382,7 +382,7 @@ MUTATIONS = [
         ("tests/test_cli.py::test_an_onnx_twin_damaged_inside_its_weights_is_caught_by_its_own_sha256",),
     ),
     Mutation(
-        "the Space card's snippet unpacks two outputs", "dogcat/space.py",
+        "the Space card's snippet unpacks two outputs", "dogcat/card.py",
         "verdict, probabilities, result, heatmap = client.predict(", "verdict, probabilities = client.predict(",
         ("tests/test_gradio.py::test_the_cards_python_example_runs_against_the_served_space",),
     ),
