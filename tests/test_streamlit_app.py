@@ -66,7 +66,8 @@ def test_phone_photos_are_accepted_and_classified(tiny_app):
     assert not app.exception
     assert not app.error, [e.value for e in app.error]
     assert len(app.subheader) == 2
-    assert [image.proto.imgs[0].caption for image in app.get("image")] == ["IMG_0001.HEIC", "IMG_0002.avif"]
+    # Captions are Markdown: the names are escaped so that they render as typed ("IMG_0001.HEIC").
+    assert [image.proto.imgs[0].caption for image in app.get("image")] == ["IMG\\_0001.HEIC", "IMG\\_0002.avif"]
 
 
 def test_show_where_it_looked_adds_an_overlay_per_photo(tiny_app):
