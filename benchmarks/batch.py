@@ -1,8 +1,8 @@
-"""Bulk classification (#16): float32 vs int8, `dogcat predict` vs `dogcat batch` (Ray), in one run.
+"""Bulk classification: float32 vs int8, `dogcat predict` vs `dogcat batch` (Ray), in one run.
 
     python benchmarks/batch.py [--files 2000] [--rounds 2] [--model models/dog_cat_classifier.keras]
                                [--data data/dogcat-4k] [--source KAGGLE_TRAIN_DIR] [--neither FOLDER]
-    python benchmarks/batch.py --scale-out [--files 2000] [--rounds 2]      (#25: 1 vs 2 one-CPU nodes)
+    python benchmarks/batch.py --scale-out [--files 2000] [--rounds 2]      (1 vs 2 one-CPU nodes)
 
 Throughput, files per second, on the same `--files` Kaggle photos:
 - the network alone (ONNX Runtime on decoded photos, batches of 32): float32, the raw int8
@@ -16,7 +16,7 @@ medians are reported. Then the int8 contract: labels, accuracy and log loss agai
 the test split and on the Kaggle photos outside the dataset, and the share called "neither".
 The int8 twin is written first if missing (`dogcat export --int8`, calibrated on `--data`).
 
-`--scale-out` measures instead how `dogcat batch --address` grows with the cluster (#25): a
+`--scale-out` measures instead how `dogcat batch --address` grows with the cluster: a
 cluster of one 1-CPU node against one of two, started here with `ray start`, each node pinned to
 a core of its own with `taskset` (and the driver on the head's core), so that a "1-CPU node" is
 one core as on a real machine and not a share of all of them. Both clusters run the same photos
@@ -220,7 +220,7 @@ def main() -> None:
     parser.add_argument("--neither", type=Path, help="a folder of photos with no cat or dog: int8's verdicts there too")
     parser.add_argument("--print-only", action="store_true", help="do not write RESULTS.md")
     parser.add_argument("--scale-out", action="store_true",
-                        help="only `dogcat batch --address` on one 1-CPU Ray node against two (#25)")
+                        help="only `dogcat batch --address` on one 1-CPU Ray node against two")
     args = parser.parse_args()
     if args.source is None or not args.source.is_dir():
         parser.error(f"--source must be the Kaggle training folder. Received: source={args.source}")

@@ -1,11 +1,11 @@
-"""Cold start of the command: `dogcat predict one.jpg` against the library doing the same (#15).
+"""Cold start of the command: `dogcat predict one.jpg` against the library doing the same.
 
     python benchmarks/cold_start.py [--repeats 7] [--photo demos/examples/cat-chelsea.jpg]
 
 Each run is a fresh process, timed from start to exit, with its peak resident memory
 (ru_maxrss of the child). The two commands alternate, so drift in the machine's load hits both
-alike; the medians are compared. Target (#15): the command within 2x of the library in both.
-Also measured once each, for the record: the command before #15, which imported Keras (and
+alike; the medians are compared. Target: the command within 2x of the library in both.
+Also measured once each, for the record: the command before its imports were made lazy, which imported Keras (and
 so TensorFlow) for every command, approximated by importing Keras before `main()`.
 """
 

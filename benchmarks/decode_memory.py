@@ -7,13 +7,13 @@ per session, each with "Show where it looked" (the heatmap) on. One warm-up page
 small photo (the model is then loaded). Then every page uploads the same file at once and waits
 for its verdict and both pictures:
 
-1. issue #23's file: a single-colour 6340x6340 palette PNG with a transparent index (tRNS), 40 KB,
+1. the reported file: a single-colour 6340x6340 palette PNG with a transparent index (tRNS), 40 KB,
    made here the same way every run. For each session count, on a fresh server, with the current
-   code and with the code before #23's fix: a copy of the checkout's dogcat/ and demos/ in which
+   code and with the code before the fix: a copy of the checkout's dogcat/ and demos/ in which
    the fix's files (FIX_FILES) are as they were at `--before`, run from a temporary folder. So
    before and after are measured in the same run on the same machine, and differ by the fix only;
-2. with the current code and the most sessions, on one more fresh server: the tester's file from
-   issue #13 (a single-colour 118-megapixel RGB PNG of a few hundred KB, refused from its header),
+2. with the current code and the most sessions, on one more fresh server: the tester's first
+   file (a single-colour 118-megapixel RGB PNG of a few hundred KB, refused from its header),
    then one page and every page uploading the worst file dogcat accepts: the RGBA PNG (4 bytes a
    pixel decoded, flattened onto white) sized just under the decode budget for both the model's
    decode and the preview's.
@@ -44,7 +44,7 @@ sys.path.insert(0, str(REPO))
 from benchmarks._results import write_section  # noqa: E402
 from benchmarks.streamlit_app import CHROMIUM_ARGS, photos  # noqa: E402
 
-BEFORE = "12e54a3"  # the last commit before issue #23's decode fix
+BEFORE = "12e54a3"  # the last commit before the banded decode fix
 FIX_FILES = ("dogcat/preprocessing.py", "demos/streamlit_app.py")
 ISSUE_SIZE = (6340, 6340)
 TESTER_SIZE = (12500, 9440)
@@ -73,12 +73,12 @@ def _png(width: int, height: int, colour_type: int, pixel: bytes, extra: bytes =
 
 
 def single_colour_rgb_png(width: int, height: int) -> bytes:
-    """Issue #13's file: all grey, 8-bit RGB."""
+    """The first decode-bomb report's file: all grey, 8-bit RGB."""
     return _png(width, height, 2, b"\x80" * 3)
 
 
 def issue_png() -> bytes:
-    """Issue #23's file: a palette PNG, every pixel index 0 (orange), index 1 transparent (tRNS)."""
+    """The second report's file: a palette PNG, every pixel index 0 (orange), index 1 transparent (tRNS)."""
     palette = bytes([230, 120, 40]) * 256
     plte = struct.pack(">I", len(palette)) + b"PLTE" + palette + struct.pack(">I", zlib.crc32(b"PLTE" + palette))
     trns = b"\xff\x00"  # index 0 opaque, index 1 transparent

@@ -5,8 +5,8 @@
 
 Each photo set goes once through the served path (`Classifier.predict`, the ImageNet-gated
 detector); its features are judged again with the detector's ImageNet head taken off
-(`detector.head = None`: "distance alone", the rule before issue #26), so every table shows the
-two rules side by side. Issue #26's targets:
+(`detector.head = None`: "distance alone", the rule before the ImageNet gate), so every table shows the
+two rules side by side. The targets:
 
 1. Real pets turned away: the share of the cats, and of the dogs, called "neither" (<= 1% each),
    with "unsure" beside it, on the test split and on `--pets` (cat/ and dog/ photos from other

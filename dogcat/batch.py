@@ -108,7 +108,7 @@ def plan_for(node_cpus: list[float], actors: int | None = None) -> Plan:
     Runtime thread: every core is busy, the decoded photos (150 KB each) never cross the object
     store, and several single-thread sessions outrun one wide one on the same cores. Each asks
     for SCORING_SHARE of a CPU, so that a Parquet write always finds the rest: an actor holding a
-    whole CPU (1-CPU nodes, #25) left the writes, and with them the job, waiting forever. Ray asks
+    whole CPU (on 1-CPU nodes) left the writes, and with them the job, waiting forever. Ray asks
     one `num_cpus` of every actor, so nodes of less than one CPU scale it down for all.
     `actors` overrides the count: each then gets an equal part of the cluster (and threads to
     match, where that is more than a CPU).

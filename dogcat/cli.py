@@ -23,7 +23,7 @@ except KeyboardInterrupt:
 # TensorFlow's C++ start-up chatter is noise for CLI users; errors still show. Set before any import of keras.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # NumPy's BLAS on one thread: `predict` runs one batch per core at once (Classifier.workers), and
-# BLAS threads that spin beside them cost a quarter of the rate (#25). Set before NumPy loads.
+# BLAS threads that spin beside them cost a quarter of the rate. Set before NumPy loads.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 EXIT_FILE_ERRORS = 1

@@ -2,7 +2,7 @@
 
     python tests/mutations.py [NAME ...]        (or `nox -s mutations`; not part of the default sessions)
 
-A test that cannot fail proves nothing: an audit (issue #18) found breaks no test caught, because
+A test that cannot fail proves nothing: an audit found breaks no test caught, because
 the tiny untrained test model answers [0.5, 0.5] for every photo. Each entry below is one break
 (a file, text that must occur exactly once, its replacement) and the fast tests that should catch
 it. The repository is copied to a temporary folder first, so the checkout is never touched.
@@ -148,7 +148,7 @@ MUTATIONS = [
         "    return result.sentence, result.probabilities, record, looked", "    return result.text, result.probabilities, record, looked",
         ("tests/test_gradio.py::test_space_of_an_exported_model_runs_without_keras_or_tensorflow",),
     ),
-    # dogcat space build: a cloned Space's symlinks are never followed (#23).
+    # dogcat space build: a cloned Space's symlinks are never followed.
     Mutation(
         "space build deletes through a symlink its marker leads to", "dogcat/space.py",
         "    for name in previous:\n        _refuse_symlinks(out, name)\n", "",
@@ -419,7 +419,7 @@ MUTATIONS = [
         "        quiet=True,\n", "        quiet=False,\n",
         ("tests/test_gradio.py::test_cli_demo_serves_the_app",),
     ),
-    # Decode memory (#23): what the budget charges, the bands, the memory given back, the page's decodes.
+    # Decode memory: what the budget charges, the bands, the memory given back, the page's decodes.
     Mutation(
         "the decode budget leaves out WebP's decoder buffers", "dogcat/preprocessing.py",
         '_DECODER_PIXEL_BYTES = {"WEBP": 12,', '_DECODER_PIXEL_BYTES = {"WEBP": 0,',
@@ -480,7 +480,7 @@ MUTATIONS = [
         "        size = self.batch_size\n",
         ("tests/test_inference.py::test_onnx_predict_scores_batches_on_every_core_at_once_in_input_order",),
     ),
-    # dogcat batch on a cluster (#25; the ray extra).
+    # dogcat batch on a cluster (the ray extra).
     Mutation(
         "batch reads s3:// URIs as local paths", "dogcat/batch.py",
         "        source = _read_uri(file) if _is_uri(file) else file\n", "        source = file\n",

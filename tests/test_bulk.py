@@ -96,7 +96,7 @@ def test_int8_twin_records_its_keras_file_and_is_refused_when_stale(int8_model, 
 
 
 def test_int8_keeps_float32s_labels_accuracy_and_log_loss_on_real_photos(int8_model, dataset, shared_data):
-    """The int8 contract (#16): labels agree on >= 99.5%, accuracy within 0.3 points and log loss
+    """The int8 contract: labels agree on >= 99.5%, accuracy within 0.3 points and log loss
     within 0.01 of float32, on the test split and on the 1,000 Kaggle photos outside the dataset;
     and verdicts ("neither" included) agree on >= 99.5% too."""
     from dogcat.data import read_split
@@ -207,7 +207,7 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def two_nodes():
-    """Two nodes of one CPU each on this machine (a head and a worker), as the issue's cluster (#25).
+    """Two nodes of one CPU each on this machine (a head and a worker), as on a cluster of small machines.
     Shared to save a start (about 30 s): the test that kills the worker uses it last."""
     cluster = Cluster([1, 1])
     try:
@@ -400,11 +400,11 @@ def test_the_shipped_int8_twin_is_tied_to_the_shipped_model_and_gives_its_verdic
     assert [p.verdict for p in int8.predict(examples)] == [p.verdict for p in floats.predict(examples)]
 
 
-# --- sizing from the cluster, several nodes, a node lost, retries, failing fast (#25) -------------
+# --- sizing from the cluster, several nodes, a node lost, retries, failing fast -------------------
 
 
 def test_the_plan_gives_every_cpu_an_actor_and_leaves_room_to_write_whatever_the_nodes_size():
-    """The deadlock of #25: one 1-CPU actor per 1-CPU node left no CPU for the rest of the job, 0 rows forever."""
+    """The old deadlock: one 1-CPU actor per 1-CPU node left no CPU for the rest of the job, 0 rows forever."""
     from dogcat.batch import SCORING_SHARE, plan_for
 
     for cpus, actors in (([1], 1), ([1, 1], 2), ([2], 2), ([2, 2], 4), ([16], 16), ([64, 64], 128), ([1, 64], 65),

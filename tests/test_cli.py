@@ -171,7 +171,7 @@ def test_help_and_argument_errors_do_not_import_the_inference_stack():
     assert result.stdout.strip() == ""
 
 
-# --- hardening, round two (#23) ---------------------------------------------------------------------
+# --- hardening, round two: hostile input to the command line -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("damage", ["stale", "damaged"])

@@ -1,11 +1,11 @@
-"""Issue #13, items 1-3: hostile bytes, memory and unreadable paths each give one file's error, never a crash.
+"""Hostile bytes, memory and unreadable paths each give one file's error, never a crash.
 
 The crash fixtures were found by mutating generated JPEG and PNG bytes with Pillow's formats
 unrestricted: Pillow takes crash-qoi.jpg for QOI and raises IndexError while decoding it, and
 crash-dds.jpg for DDS and raises NotImplementedError while opening it. postscript.jpg is an EPS
 file (Pillow's own EPS writer), which unrestricted Pillow would hand to Ghostscript.
 
-Issue #23, item 1: a decode holds no more than the budget charges it, on every path (measured as
+Decode memory: a decode holds no more than the budget charges it, on every path (measured as
 the peak RSS of a fresh process), the issue's 40 KB palette PNG costs little more than its palette
 bytes, the banded decode gives the pixels of the whole-picture one, and a large decode's freed
 memory goes back to the OS.

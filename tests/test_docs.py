@@ -1,4 +1,4 @@
-"""The documents and messages never tell anyone to install somebody else's program (issue #24).
+"""The documents and messages never tell anyone to install somebody else's program.
 
 `dogcat` on PyPI is an unrelated package with its own `dogcat` command; this project's distribution
 is `dogcat-verdict` and is not published, so every install line must work from the checkout (or a

@@ -1,4 +1,4 @@
-"""First-run polish of the command line (#15): the rough edges a new user meets in the first minutes."""
+"""First-run polish of the command line: the rough edges a new user meets in the first minutes."""
 
 import os
 import subprocess

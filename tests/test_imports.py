@@ -1,4 +1,4 @@
-"""The package's modules import each other without a circle (issue #26): a walk of every import in dogcat/."""
+"""The package's modules import each other without a circle (one tied inference, model, verdict and explain together): a walk of every import in dogcat/."""
 
 from __future__ import annotations
 

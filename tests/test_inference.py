@@ -88,7 +88,7 @@ def test_predict_across_several_batches_matches_one_by_one(varied_classifier):
 
 def test_onnx_predict_scores_batches_on_every_core_at_once_in_input_order(monkeypatch):
     """The shipped model's ONNX twin: one single-threaded ONNX Runtime call per core at once (a
-    wide call waits for its slowest thread while a decode holds a core: #25), even when the call
+    wide call waits for its slowest thread while a decode holds a core), even when the call
     has fewer photos than a batch, and the predictions still in input order."""
     import os
     import time

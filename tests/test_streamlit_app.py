@@ -86,7 +86,7 @@ def test_show_where_it_looked_adds_an_overlay_per_photo(tiny_app):
 
 
 def test_with_the_heatmap_each_upload_is_decoded_once_for_the_model_and_once_for_both_pictures(tiny_app, monkeypatch):
-    """Issue #23: the heatmap is drawn over the preview, not over a third decode of the upload (a
+    """The heatmap is drawn over the preview, not over a third decode of the upload (a
     large PNG costs a decode's memory each time). The model still decodes the upload's own bytes."""
     from dogcat import preprocessing
 
