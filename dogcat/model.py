@@ -128,21 +128,6 @@ def set_fine_tuning(model: keras.Model, fine_tune_blocks: int) -> None:
         layer.trainable = fine_tune_blocks > 0 and layer.name.startswith(tuned) and not is_batch_norm
 
 
-def inference_model(model: keras.Model) -> keras.Model:
-    """The same classifier without its augmentation layers, sharing its weights.
-
-    At inference the augmentation layers are identities anyway; dropping them keeps their
-    random ops out of exported graphs (ONNX has no stateless random ops).
-    """
-    image_size = image_size_of(model)
-    inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = model.get_layer("to_mobilenet_range")(inputs)
-    x = model.get_layer(BASE_NAME)(x, training=False)
-    for name in HEAD_LAYERS:
-        x = model.get_layer(name)(x)
-    return keras.Model(inputs, x, name="dogcat_inference")
-
-
 def with_features(model: keras.Model, feature_map: bool = False) -> keras.Model:
     """The classifier with a second output: the detector's features (dogcat.detector.FEATURE_BLOCKS).
 
