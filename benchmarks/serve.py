@@ -2,6 +2,7 @@
 
     python benchmarks/serve.py [--files 2000] [--clients 32] [--runtime onnx] [--source KAGGLE_TRAIN_DIR]
                                [--latency-requests 200] [--rss-requests 10000] [--burst 200]
+    python benchmarks/serve.py --scale-out [--files 2000] [--clients 32] [--runtime onnx] [--rounds 2]
 
 On the same `--files` Kaggle photos and the same runtime:
 - `dogcat predict --csv` on a folder of them, a fresh process timed from start to exit (the batch
@@ -14,8 +15,15 @@ On the same `--files` Kaggle photos and the same runtime:
 - memory: the idle server's RSS on the int8 runtime, after 1,000 requests and after `--rss-requests`;
 - a burst of `--burst` clients at once: every request answered 200 or 429, none cut off, and the
   server still answering afterwards.
-Photos are read into memory first, so disk reads are in neither side. Ray Serve's scale-out
-(two 1-CPU nodes against one) is not measured here.
+Photos are read into memory first, so disk reads are in neither side.
+
+`--scale-out` measures instead how `dogcat serve --address` grows with the cluster: a Ray cluster of
+one 1-CPU node (one replica) against one of two (two replicas), started here as benchmarks/batch.py
+does (`ray start --num-cpus 1`, each node pinned to its own core). The deploying command and the
+clients sit on the head's core, so one node is one core for everything and two nodes are two. Each
+cluster takes a warm-up pass (`--clients` x 4 requests) once every replica is up, then the same
+`--clients` clients send the same `--files` photos through Ray Serve's proxy: the rate after
+start-up. The two alternate over `--rounds`, so drift in the machine's load hits both alike.
 """
 
 from __future__ import annotations
@@ -160,7 +168,96 @@ def in_process_p50(photo: bytes, runtime: str, requests: int) -> float:
     return statistics.median(times)
 
 
+def _serve_on_ray(address: str, replicas: int, runtime: str, log: Path) -> tuple[subprocess.Popen, str]:
+    """`dogcat serve --address` as a user runs it, on the head's core; returns once every replica is up."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with log.open("w") as sink:
+        process = subprocess.Popen(["taskset", "-c", "0", *serve_command(port, runtime), "--address", address,
+                                    "--replicas", str(replicas)], stdout=sink, stderr=sink,
+                                   env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    deadline = time.monotonic() + 300
+    while "replica(s) serving on" not in log.read_text():  # serve.run returned: every replica is running
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"dogcat serve --address did not come up: {log.read_text()[-2000:]}")
+        time.sleep(0.5)
+    with urllib.request.urlopen(f"{url}/readyz", timeout=30) as answer:
+        assert answer.status == 200
+    return process, url
+
+
+def scale_out(photos: list[bytes], clients: int, runtime: str, rounds: int) -> list[str]:
+    """Markdown rows: Ray Serve on one 1-CPU node against two, the same photos and clients, after start-up."""
+    import signal
+
+    from benchmarks.batch import _ray_node, _wait_nodes
+
+    ray = str(Path(sys.executable).with_name("ray"))
+    # Token auth, as the README tells users (and batch.py's scale-out does): nodes, `ray status`, the deployer.
+    os.environ["RAY_AUTH_MODE"] = "token"
+    subprocess.run([ray, "get-auth-token", "--generate"], capture_output=True)
+    os.sched_setaffinity(0, {0})  # the clients share the head's core: one node is one core for everything
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    startup: dict[int, list[float]] = {1: [], 2: []}
+    warm = (photos * (4 * clients // len(photos) + 1))[: 4 * clients]
+    with tempfile.TemporaryDirectory(prefix="dogcat-serve-scale-") as work:
+        for round_number in range(rounds):
+            for nodes in (1, 2):
+                port = free_port()
+                address = f"127.0.0.1:{port}"
+                started = time.perf_counter()
+                cluster = [_ray_node(["--head", "--port", str(port), "--include-dashboard", "false"], 0)]
+                server = None
+                try:
+                    _wait_nodes(address, 1)
+                    if nodes == 2:
+                        cluster.append(_ray_node(["--address", address], 1))
+                        _wait_nodes(address, 2)
+                    server, url = _serve_on_ray(address, nodes, runtime, Path(work) / f"serve-{round_number}-{nodes}.log")
+                    startup[nodes].append(time.perf_counter() - started)
+                    load(url, warm, clients)
+                    seconds, statuses, _ = load(url, photos, clients)
+                    if statuses.get(200) != len(photos):
+                        sys.exit(f"Ray Serve on {nodes} node(s) failed requests: {statuses}")
+                    rates[nodes].append(len(photos) / seconds)
+                    print(f"  round {round_number + 1}, {nodes} node(s): {rates[nodes][-1]:.1f} photos/s after "
+                          f"{startup[nodes][-1]:.0f} s of start-up", flush=True)
+                finally:
+                    if server is not None:
+                        server.terminate()  # SIGTERM: the deployment is deleted, then it exits
+                        try:
+                            server.wait(timeout=60)
+                        except subprocess.TimeoutExpired:
+                            server.kill()
+                    for node in reversed(cluster):
+                        os.killpg(node.pid, signal.SIGTERM)
+                    for node in reversed(cluster):
+                        node.wait(timeout=60)
+    median = {n: statistics.median(rates[n]) for n in (1, 2)}
+    return [
+        f"{len(photos)} Kaggle photos, {clients} concurrent clients, runtime {runtime}, `dogcat serve --address` "
+        "(Ray Serve, one replica of one CPU per node); clients and deployer on the head's core.",
+        "",
+        "| cluster | photos/s after start-up (median of rounds) | per round | start-up to every replica up, s |",
+        "|---|---|---|---|",
+        *(f"| {n} node(s) of 1 CPU, {n} replica(s) | {median[n]:.1f} | "
+          f"{', '.join(f'{rate:.1f}' for rate in rates[n])} | {', '.join(f'{s:.0f}' for s in startup[n])} |"
+          for n in (1, 2)),
+        "",
+        f"Two nodes / one: **{median[2] / median[1]:.2f}x** (target >= 1.7x; per round: "
+        f"{', '.join(f'{b / a:.2f}x' for a, b in zip(rates[1], rates[2], strict=True))}).",
+    ]
+
+
+def load_note(start: float) -> str:
+    """The 1-minute load average at the start and now: on 2 cores, above ~2.5 other jobs share the machine."""
+    return (f"Load average (1 min) {start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on "
+            f"{os.cpu_count()} cores.")
+
+
 def main() -> None:
+    load_start = os.getloadavg()[0]
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--files", type=int, default=2000)
     parser.add_argument("--clients", type=int, default=32)
@@ -170,6 +267,9 @@ def main() -> None:
     parser.add_argument("--latency-requests", type=int, default=200)
     parser.add_argument("--rss-requests", type=int, default=10000, help="0: skip the memory measurement")
     parser.add_argument("--burst", type=int, default=200)
+    parser.add_argument("--scale-out", action="store_true",
+                        help="only Ray Serve (`dogcat serve --address`) on one 1-CPU node against two")
+    parser.add_argument("--rounds", type=int, default=2, help="with --scale-out: alternations of one and two nodes")
     parser.add_argument("--naive-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.naive_server:
@@ -180,6 +280,14 @@ def main() -> None:
     if len(paths) < args.files:
         sys.exit(f"only {len(paths)} photos in {args.source}")
     photos = [path.read_bytes() for path in paths]
+    if args.scale_out:
+        text = "\n".join([*scale_out(photos, args.clients, args.runtime, args.rounds), "", load_note(load_start)])
+        print(text)
+        write_section("Serving: Ray Serve scale-out, 1 vs 2 one-CPU nodes",
+                      f"python benchmarks/serve.py --scale-out --files {args.files} --clients {args.clients} "
+                      f"--runtime {args.runtime} --rounds {args.rounds}", text,
+                      packages=("onnxruntime", "ray", "fastapi", "httpx", "numpy"))
+        return
     lines = []
 
     with tempfile.TemporaryDirectory(prefix="dogcat-serve-bench-") as folder:
@@ -219,8 +327,7 @@ def main() -> None:
     print(f"burst of {args.burst}: {burst}; then {after_status}", flush=True)
 
     lines += [
-        f"{len(paths)} Kaggle photos, {args.clients} concurrent clients, runtime {args.runtime}; the machine is shared "
-        "(other jobs ran beside this one: see the speed probe).",
+        f"{len(paths)} Kaggle photos, {args.clients} concurrent clients, runtime {args.runtime}.",
         "",
         "| way in | photos/s | vs `dogcat predict` | vs naive FastAPI |",
         "|---|---|---|---|",
@@ -250,7 +357,7 @@ def main() -> None:
         lines.append(f"- memory, int8 runtime: idle RSS {idle:.0f} MB; {first:.0f} MB after 1,000 requests, "
                      f"{last:.0f} MB after {args.rss_requests:,} ({last / first:.2f}x).")
 
-    text = "\n".join(lines)
+    text = "\n".join([*lines, "", load_note(load_start)])
     print(text)
     write_section("Serving: dogcat serve vs predict and a naive FastAPI",
                   f"python benchmarks/serve.py --files {args.files} --clients {args.clients} --runtime {args.runtime} "
