@@ -205,7 +205,8 @@ def test_without_optuna_the_error_says_what_to_install(tmp_path, tiny_dataset, m
     assert main(["tune", "--config", str(config), "--out", str(tmp_path / "search")]) == 2
     err = capsys.readouterr().err.strip()
     assert 'pip install "dogcat-verdict[tune]"' in err
-    assert "\n" not in err and err.endswith("Received: missing='optuna'")
+    assert "\n" not in err
+    assert err.endswith("Received: missing='optuna'")
 
 
 def test_trials_share_cached_views_and_train_as_without_them(tmp_path, tiny_dataset, varied_base_weights):
