@@ -775,6 +775,7 @@ class _Outage:
                     end.close()
 
 
+@pytest.mark.outage
 def test_a_storage_endpoint_lost_mid_job_stops_it_in_one_line_and_a_rerun_completes(
         s3_server, shared_data, tmp_path, capsys, monkeypatch):
     """The endpoint killed mid-job: `dogcat batch` waited silently (9.5 minutes observed) in reads and Parquet writes."""
