@@ -10,7 +10,8 @@ On the same `--files` Kaggle photos and the same runtime:
 - `dogcat serve` (dynamic batching) and a naive FastAPI server that calls `Classifier.classify_one`
   once per request in FastAPI's threadpool (written here, `--naive-server`), each in its own
   process, timed from the first request to the last answer of `--clients` concurrent clients
-  (raw-body POSTs from one asyncio process on the same machine: the clients' own CPU is in both);
+  (raw-body POSTs from one aiohttp process on the same machine: the clients' own CPU is in both, and
+  printed);
 - one client: p50 latency of `dogcat serve` against the in-process `classify_one` on the same photo;
 - memory: the idle server's RSS on the int8 runtime, after 1,000 requests and after `--rss-requests`;
 - a burst of `--burst` clients at once: every request answered 200 or 429, none cut off, and the
@@ -100,6 +101,11 @@ class Server:
                 raise RuntimeError(f"{command} never became ready")
             time.sleep(0.2)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU the server has used: a cost per photo that another job's load barely moves."""
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def rss_mb(self) -> float:
         for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
@@ -123,24 +129,29 @@ def serve_command(port: int, runtime: str) -> list[str]:
 
 
 async def _load(url: str, photos: list[bytes], clients: int) -> tuple[float, dict[int, int], list[float]]:
-    """Send every photo once from `clients` concurrent clients: (seconds, statuses, each request's seconds)."""
-    import httpx
+    """Send every photo once from `clients` concurrent clients: (seconds, statuses, each request's seconds).
 
-    queue: asyncio.Queue = asyncio.Queue()
-    for photo in photos:
-        queue.put_nowait(photo)
+    aiohttp, not httpx: the clients share the server's two cores, and httpx's client spent 3.7 ms of CPU
+    a request (a third of what the server spends classifying the photo), aiohttp 0.2 ms. A load generator
+    must cost little next to what it measures (wrk's and oha's reason to exist); `client_cpu_ms` says what
+    it cost."""
+    import aiohttp
+
+    queue = list(reversed(photos))
     statuses: dict[int, int] = {}
     latencies: list[float] = []
-    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
-    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as http:
+    connector = aiohttp.TCPConnector(limit=clients)
+    timeout = aiohttp.ClientTimeout(total=120)
+    async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as http:
         async def client() -> None:
-            while not queue.empty():
-                photo = queue.get_nowait()
+            while queue:
+                photo = queue.pop()
                 started = time.perf_counter()
                 try:
-                    status = (await http.post("/v1/classify", content=photo,
-                                              headers={"content-type": "image/jpeg"})).status_code
-                except httpx.HTTPError:
+                    async with http.post("/v1/classify", data=photo, headers={"content-type": "image/jpeg"}) as answer:
+                        await answer.read()
+                        status = answer.status
+                except (aiohttp.ClientError, TimeoutError):
                     status = -1  # cut off: the one outcome that must never happen
                 latencies.append(time.perf_counter() - started)
                 statuses[status] = statuses.get(status, 0) + 1
@@ -150,8 +161,14 @@ async def _load(url: str, photos: list[bytes], clients: int) -> tuple[float, dic
     return time.perf_counter() - started, statuses, latencies
 
 
+CLIENT_CPU: list[float] = []  # the load generator's CPU seconds a request, per load() call
+
+
 def load(url: str, photos: list[bytes], clients: int) -> tuple[float, dict[int, int], list[float]]:
-    return asyncio.run(_load(url, photos, clients))
+    cpu = time.process_time()
+    result = asyncio.run(_load(url, photos, clients))
+    CLIENT_CPU.append((time.process_time() - cpu) / max(1, len(photos)))
+    return result
 
 
 def in_process_p50(photo: bytes, runtime: str, requests: int) -> float:
@@ -250,6 +267,13 @@ def scale_out(photos: list[bytes], clients: int, runtime: str, rounds: int) -> l
     ]
 
 
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def load_note(start: float) -> str:
     """The 1-minute load average at the start and now: on 2 cores, above ~2.5 other jobs share the machine."""
     return (f"Load average (1 min) {start:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, on "
@@ -286,32 +310,37 @@ def main() -> None:
         write_section("Serving: Ray Serve scale-out, 1 vs 2 one-CPU nodes",
                       f"python benchmarks/serve.py --scale-out --files {args.files} --clients {args.clients} "
                       f"--runtime {args.runtime} --rounds {args.rounds}", text,
-                      packages=("onnxruntime", "ray", "fastapi", "httpx", "numpy"))
+                      packages=("onnxruntime", "ray", "fastapi", "aiohttp", "numpy"))
         return
     lines = []
 
     with tempfile.TemporaryDirectory(prefix="dogcat-serve-bench-") as folder:
         for path in paths:
             shutil.copy(path, folder)
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), _children_cpu()
         subprocess.run([sys.executable, "-m", "dogcat", "predict", folder, "--csv", "--runtime", args.runtime,
                         "--model", str(MODEL)], check=True, stdout=subprocess.DEVNULL,
                        env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
         predict_rate = len(paths) / (time.perf_counter() - started)
-    print(f"dogcat predict: {predict_rate:.0f} photos/s", flush=True)
+        predict_cpu = (_children_cpu() - cpu) / len(paths)
+    print(f"dogcat predict: {predict_rate:.0f} photos/s, {predict_cpu * 1000:.1f} ms CPU a photo", flush=True)
 
     port = free_port()
     with Server([sys.executable, __file__, "--naive-server", str(port), "--runtime", args.runtime], port) as naive:
+        cpu = naive.cpu_seconds()
         seconds, statuses, _ = load(naive.url, photos, args.clients)
         naive_rate = statuses.get(200, 0) / seconds
+        naive_cpu = (naive.cpu_seconds() - cpu) / len(photos)
         if statuses.get(200) != len(photos):
             sys.exit(f"the naive server failed requests: {statuses}")
     print(f"naive FastAPI: {naive_rate:.0f} photos/s {statuses}", flush=True)
 
     port = free_port()
     with Server(serve_command(port, args.runtime), port) as server:
+        cpu = server.cpu_seconds()
         seconds, statuses, _ = load(server.url, photos, args.clients)
         serve_rate = statuses.get(200, 0) / seconds
+        serve_cpu, client_cpu = (server.cpu_seconds() - cpu) / len(photos), CLIENT_CPU[-1]
         if statuses.get(200) != len(photos):
             sys.exit(f"dogcat serve failed requests: {statuses}")
         print(f"dogcat serve: {serve_rate:.0f} photos/s {statuses}", flush=True)
@@ -336,6 +365,9 @@ def main() -> None:
         f"| `dogcat serve` (dynamic batching) | {serve_rate:.0f} | {serve_rate / predict_rate:.2f}x | "
         f"{serve_rate / naive_rate:.2f}x |",
         "",
+        f"- CPU a photo: `dogcat predict` {predict_cpu * 1000:.1f} ms (start-up included), naive server "
+        f"{naive_cpu * 1000:.1f} ms, `dogcat serve` {serve_cpu * 1000:.1f} ms; the load generator "
+        f"{client_cpu * 1000:.2f} ms a request.",
         f"- photos per model call in `dogcat serve` over the whole run: {batched / calls:.1f} on average.",
         f"- one client, one photo ({len(photos[0]) // 1024} KB JPEG), p50 of {args.latency_requests}: `dogcat serve` "
         f"{serve_p50 * 1000:.1f} ms, in-process `classify_one` {library_p50 * 1000:.1f} ms "
@@ -363,7 +395,7 @@ def main() -> None:
                   f"python benchmarks/serve.py --files {args.files} --clients {args.clients} --runtime {args.runtime} "
                   f"--latency-requests {args.latency_requests} --rss-requests {args.rss_requests} --burst {args.burst}",
                   text,
-                  packages=("onnxruntime", "fastapi", "uvicorn", "httpx", "numpy"))
+                  packages=("onnxruntime", "fastapi", "uvicorn", "aiohttp", "numpy"))
 
 
 if __name__ == "__main__":

@@ -561,6 +561,11 @@ MUTATIONS = [
         ("tests/test_serve.py::test_an_idle_batcher_sends_a_lone_request_without_waiting",),
     ),
     Mutation(
+        "Ray Serve's default of 5 requests a replica", "dogcat/serve.py",
+        '"max_ongoing_requests": 2 * max_batch,', '"max_ongoing_requests": 5,',
+        ("tests/test_serve.py::test_a_ray_serve_replica_takes_a_full_batch_of_requests_at_once",),
+    ),
+    Mutation(
         "every refused upload is a 400", "dogcat/serve.py",
         "    if isinstance(error, ImageTooLarge):\n", "    if False:\n",
         ("tests/test_serve.py::test_every_refused_upload_has_its_status_and_stable_code",),

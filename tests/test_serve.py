@@ -309,6 +309,15 @@ def test_an_idle_batcher_sends_a_lone_request_without_waiting():
     assert seconds < 5, "one client pays no batching wait"
 
 
+def test_a_ray_serve_replica_takes_a_full_batch_of_requests_at_once():
+    """Ray Serve hands a replica at most `max_ongoing_requests` requests (default 5): below
+    `max_batch`, `@serve.batch` could never gather a full batch, whatever the load."""
+    for max_batch in (1, 8, 32, 128):
+        options = serve_module.ray_deployment_options(replicas=2, max_batch=max_batch)
+        assert options["max_ongoing_requests"] >= 2 * max_batch  # a batch running, the next one gathering
+        assert options["num_replicas"] == 2
+
+
 def test_a_failed_model_call_fails_its_requests_and_not_the_batcher():
     async def run(items):
         if 0 in items:
