@@ -69,7 +69,7 @@ def naive_server(port: int, runtime: str) -> None:
     @app.post("/v1/classify")
     async def classify(request: Request) -> dict:  # Request: a module global, so FastAPI resolves the annotation
         data = await request.body()
-        return (await run_in_threadpool(classifier.classify_one, data)).as_record()
+        return (await run_in_threadpool(classifier.classify_one, data)).as_row(list(classifier.class_names.values()))
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 

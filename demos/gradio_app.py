@@ -64,14 +64,15 @@ ABOUT = (
 )
 
 CLASSIFIER = Classifier.from_path()
+CLASS_NAMES = list(CLASSIFIER.class_names.values())  # the order of the result's p_<class> fields
 for warning in CLASSIFIER.warnings:  # e.g. no detector beside the model: cat/dog verdicts only
     print(f"dogcat: warning: {warning}", file=sys.stderr)
 
 
 def predict(image: dict[str, Any] | str | None, explain: bool = False) -> tuple[str, dict[str, float], dict, str | None]:
     """Classify one uploaded photo: (the verdict in words with what it looks like, {"cat": p, "dog": p}
-    summing to 1, the machine-readable result (`Prediction.as_record`: "verdict" is cat, dog,
-    neither, unsure or too_small; "looks_like" ImageNet's top class), the Grad-CAM overlay's PNG
+    summing to 1, the machine-readable result (`Prediction.as_row`, the row of `dogcat predict --json`:
+    "verdict" is cat, dog, neither, unsure or too_small; "looks_like" ImageNet's top class), the Grad-CAM overlay's PNG
     file when `explain` and the model can give one, else None). This is the /predict API.
 
     The overlay is opt-in (a checkbox, off by default): drawing it adds about a third to each
@@ -94,7 +95,7 @@ def predict(image: dict[str, Any] | str | None, explain: bool = False) -> tuple[
     looked = None if result.heatmap is None else overlay_file(path, result.heatmap)
     # The client's own file name, not the server's cache path, and under "file": gradio_client would
     # take a dict with a "path" for a file to download.
-    record = {"file": name, **{k: v for k, v in result.as_record().items() if k != "path"}}
+    record = {"file": name, **{k: v for k, v in result.as_row(CLASS_NAMES).items() if k != "path"}}
     return result.sentence, result.probabilities, record, looked
 
 

@@ -28,7 +28,7 @@ PREDICT_SNIPPET = """from gradio_client import Client, handle_file
 
 client = Client("USER/SPACE")  # this Space
 verdict, probabilities, result, heatmap = client.predict(handle_file("photo.jpg"), False, api_name="/predict")
-print(result["verdict"], result["looks_like"])  # e.g. neither {'name': 'tiger', 'probability': 0.81}
+print(result["verdict"], result["looks_like"], result["p_looks_like"])  # e.g. neither tiger 0.81
 print(verdict["label"], probabilities["label"])  # e.g. 'Neither a cat nor a dog: looks like a tiger (81%)' 'cat'"""
 
 FRONT_MATTER = {
@@ -137,8 +137,8 @@ def space_readme(models: Path, class_names: dict[int, str], requirements: list[s
         "",
         "`/predict` takes the photo and whether to draw the heatmap, and returns four outputs, in this order: "
         "the verdict in words, the probabilities, the result for programs (`verdict`: `cat`, `dog`, `neither`, "
-        "`unsure` or `too_small`; `label`; `probabilities`; `size`; `looks_like`: ImageNet's most probable class "
-        "and its probability, a hint), and the heatmap's file (None unless asked for). An unreadable photo is an "
+        "`unsure` or `too_small`; `label`; `p_cat`, `p_dog`; `width`, `height`; `looks_like`: ImageNet's most "
+        "probable class, a hint, and `p_looks_like`), and the heatmap's file (None unless asked for). An unreadable photo is an "
         "error with a one-line reason.",
         "",
         "## Files",

@@ -447,7 +447,7 @@ def _row_writer(args: argparse.Namespace, names: list[str], width: int):
         from dogcat.artifacts import strict_json
 
         def json_row(result, explanation: str | None) -> None:
-            row = result.as_record()
+            row = result.as_row(names)
             if explaining:  # the `explanation` field appears only with --explain: existing consumers see no change
                 row["explanation"] = explanation or None
             print(strict_json(row))

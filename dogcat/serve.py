@@ -5,7 +5,7 @@ process start per call (`dogcat predict`). `create_app` builds the one app both 
 `dogcat serve` hands it to uvicorn; `dogcat serve --address` hands the same builder to Ray Serve's
 FastAPI ingress (`deploy_on_ray`), where `@serve.batch` replaces the local batcher.
 
-Every answer row is `Prediction.as_record()`, the row `dogcat predict --json` prints, so the API
+Every answer row is `Prediction.as_row`, the row `dogcat predict --json` prints, so the API
 cannot drift from the CLI. Uploads are decoded by dogcat.preprocessing with the limits every other
 path uses, on threads, off the event loop. Concurrent requests are gathered for up to
 `batch_wait_ms` into one `Classifier.classify_decoded` call of up to `max_batch` photos
@@ -82,26 +82,23 @@ def image_error_code(error: ImageError) -> tuple[int, str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Response schema (OpenAPI at /docs). Rows allow extra fields: the row is Prediction.as_record's,
-# and a field added there appears here without a second edit.
-
-class LooksLike(BaseModel):
-    name: str = Field(description="ImageNet's most probable class, by its everyday name")
-    probability: float
-    imagenet_id: str | None = Field(None, description="its WordNet id, e.g. n02125311")
-    group: str | None = Field(None, description="its kind (dogcat.imagenet_groups): dog, house_cat, big_cat, ...")
-
+# Response schema (OpenAPI at /docs). A row is Prediction.as_row's; its p_<class> fields, which depend on
+# the model's classes, are the documented extra fields (a test holds the others to the row's columns).
 
 class Row(BaseModel):
-    """One photo's answer: the row `dogcat predict --json` prints (`Prediction.as_record`)."""
+    """One photo's answer: the row `dogcat predict --json` prints (`Prediction.as_row`), `p_cat`... included."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra={"additionalProperties": {
+        "type": ["number", "null"], "description": "p_<class>: the probability of each class (/v1/model's classes)"}})
     path: str | None = Field(None, description="the upload's file name (`upload` for a raw body)")
     verdict: str | None = Field(None, description="cat, dog, neither, unsure or too_small; null on error")
-    label: str | None = None
-    probabilities: dict[str, float] | None = None
-    size: list[int] | None = Field(None, description="the photo's upright width and height")
-    looks_like: LooksLike | None = None
+    label: str | None = Field(None, description="the class the classifier alone would give")
+    width: int | None = Field(None, description="the photo's upright width")
+    height: int | None = None
+    looks_like: str | None = Field(None, description="ImageNet's most probable class, by its everyday name")
+    p_looks_like: float | None = None
+    looks_like_id: str | None = Field(None, description="its WordNet id, e.g. n02125311")
+    looks_like_group: str | None = Field(None, description="its kind (dogcat.imagenet_groups): dog, house_cat, big_cat, ...")
     reason: str | None = Field(None, description="what it looks like, where that says something: "
                                "'looks like a cougar (93%), not a house cat'")
     error: str | None = Field(None, description="why this photo could not be classified")
@@ -338,7 +335,7 @@ class Engine:
         loop = asyncio.get_running_loop()
         decoded = await loop.run_in_executor(self._decoder, _decode, data, self.classifier.image_size)
         prediction = await self._submit(Job(name, decoded, explain))
-        row = prediction.as_record()
+        row = prediction.as_row(self.classifier.class_names.values())
         if prediction.verdict is not None:
             self.metrics.verdicts.labels(prediction.verdict).inc()
         if explain and prediction.heatmap is not None:
@@ -588,7 +585,7 @@ async def _row_or_error(engine: Engine, name: str, data: bytes, explain: bool) -
     except ImageError as error:
         code = image_error_code(error)[1]
         engine.metrics.errors.labels(code).inc()
-        return {**Prediction(name, error=str(error)).as_record(), "error_code": code}
+        return {**Prediction(name, error=str(error)).as_row(engine.classifier.class_names.values()), "error_code": code}
 
 
 async def _images(request: Request, most: int) -> list[tuple[str, bytes]]:

@@ -12,7 +12,7 @@ Each prediction also carries `looks_like`, the most probable ImageNet class and 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -68,23 +68,15 @@ class Prediction:
     def confidence(self) -> float | None:
         return None if self.probabilities is None else max(self.probabilities.values())
 
-    def as_record(self) -> dict:
-        """The machine-readable prediction: what `dogcat predict --json` prints a line of, and the
-        Gradio API's `result` output."""
-        seen = self.looks_like
-        return {"path": printable(self.source), "verdict": self.verdict, "label": self.label, "probabilities": self.probabilities,
-                "size": None if self.size is None else list(self.size),
-                "looks_like": None if seen is None else {"name": seen.name, "probability": seen.probability,
-                                                         "imagenet_id": seen.imagenet_id, "group": seen.group},
-                "reason": self.hint, "error": self.error}
-
-    def as_row(self, class_names: Sequence[str]) -> dict:
-        """The flat row of every table, `dogcat predict --csv`'s and `dogcat batch`'s Parquet alike
-        (`row_columns`): a `p_<class>` column per class, None where there is no value."""
+    def as_row(self, class_names: Iterable[str]) -> dict:
+        """The one machine-readable prediction (`row_columns`): a `dogcat predict --json` line, a `--csv` and
+        batch Parquet row, an HTTP API and Gradio API answer. Flat, so a table holds all of it: a `p_<class>`
+        column per class in `class_names`' order (an unreadable photo has them too), None where no value."""
         seen, (width, height), probabilities = self.looks_like, self.size or (None, None), self.probabilities or {}
         return {"path": printable(self.source), "verdict": self.verdict, "label": self.label,
                 **{f"p_{name}": probabilities.get(name) for name in class_names}, "width": width, "height": height,
                 "looks_like": seen and seen.name, "p_looks_like": seen and seen.probability,
+                "looks_like_id": seen and seen.imagenet_id, "looks_like_group": seen and seen.group,
                 "reason": self.hint, "error": self.error}
 
     @property
@@ -98,7 +90,7 @@ class Prediction:
         return self.text if self.hint is None else f"{self.text}: {self.hint}"
 
 
-def row_columns(class_names: Sequence[str]) -> list[str]:
+def row_columns(class_names: Iterable[str]) -> list[str]:
     """The columns of `Prediction.as_row`, in order: the tables' one schema."""
     return list(Prediction("").as_row(class_names))
 

@@ -640,6 +640,25 @@ MUTATIONS = [
         ("tests/test_streamlit_app.py::test_an_upload_name_is_shown_as_typed_never_as_markdown",),
     ),
     Mutation(
+        "predict --json builds a row of its own", "dogcat/cli.py",
+        "            row = result.as_row(names)\n",
+        '            row = {"path": result.source, "verdict": result.verdict, "probabilities": result.probabilities}\n',
+        ("tests/test_serve.py::test_predict_json_csv_and_the_api_give_one_row_with_the_same_keys_and_values",
+         "tests/test_cli.py::test_predict_json_glob_and_missing_path"),
+    ),
+    Mutation(
+        "the HTTP API adds a field of its own to the row", "dogcat/serve.py",
+        "        row = prediction.as_row(self.classifier.class_names.values())\n",
+        '        row = prediction.as_row(self.classifier.class_names.values()) | {"size": prediction.size}\n',
+        ("tests/test_serve.py::test_predict_json_csv_and_the_api_give_one_row_with_the_same_keys_and_values",),
+    ),
+    Mutation(
+        "the rows lose the looks-like ImageNet id and group", "dogcat/verdict.py",
+        '"looks_like_id": seen and seen.imagenet_id, "looks_like_group": seen and seen.group,',
+        '"looks_like_id": None, "looks_like_group": None,',
+        ("tests/test_verdict.py::test_neither_says_what_it_sees_when_imagenet_and_the_classifier_disagree",),
+    ),
+    Mutation(
         "the Streamlit page starts from the default [predict] settings", "demos/streamlit_app.py",
         "ModelFolder.resolve(model_path).predict_config()  #", "ModelFolder.resolve(model_path).predict_config().__class__()  #",
         ("tests/test_consistency.py::test_the_streamlit_page_gives_the_classifiers_answers",),

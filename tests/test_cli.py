@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from dogcat.cli import main
-from dogcat.verdict import VERDICTS
+from dogcat.verdict import VERDICTS, row_columns
 from tests.conftest import REPO, _drawn_photo
 
 
@@ -53,9 +53,9 @@ def test_predict_json_glob_and_missing_path(photos, tiny_model_dir, capsys):
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert code == 1
     assert [line["path"].rsplit("/", 1)[-1] for line in lines] == ["cat.0.jpg", "dog.0.jpg", "nope.jpg"]
-    assert set(lines[0]["probabilities"]) == {"cat", "dog"}
-    assert lines[2] == {"path": str(photos / "nope.jpg"), "verdict": None, "label": None, "probabilities": None,
-                        "size": None, "looks_like": None, "reason": None, "error": "no such file"}
+    assert lines[0]["p_cat"] + lines[0]["p_dog"] == pytest.approx(1.0, abs=1e-5)
+    assert lines[2] == {**dict.fromkeys(row_columns(["cat", "dog"])), "path": str(photos / "nope.jpg"),
+                        "error": "no such file"}
 
 
 def test_predict_table_exits_zero_when_every_file_is_read(photos, tiny_model_dir, capsys):

@@ -76,10 +76,11 @@ def test_predict_json_gives_the_classifiers_answers(case, capsys):
         if expected.error:
             assert (bool(record["error"]), record["verdict"]) == (True, None)
             continue
-        assert_same(expected, record["verdict"], record["label"], record["probabilities"], record["path"])
+        probabilities = {name: record[f"p_{name}"] for name in expected.probabilities}
+        assert_same(expected, record["verdict"], record["label"], probabilities, record["path"])
         seen = expected.looks_like
-        assert (record["looks_like"] or {}).get("name") == (seen and seen.name), record["path"]
-        assert abs((record["looks_like"] or {}).get("probability", 0) - (seen.probability if seen else 0)) <= 1e-6
+        assert record["looks_like"] == (seen and seen.name), record["path"]
+        assert abs((record["p_looks_like"] or 0) - (seen.probability if seen else 0)) <= 1e-6
 
 
 def test_predict_csv_gives_the_classifiers_answers(case, capsys):

@@ -25,6 +25,7 @@ yaml = pytest.importorskip("yaml")  # a Gradio dependency; parses the Space's fr
 from dogcat.artifacts import CLASS_NAMES_FILENAME, MODEL_FILENAME  # noqa: E402
 from dogcat.detector import DESCRIPTION  # noqa: E402
 from dogcat.space import NOT_VENDORED, ONNX_REQUIREMENTS, REQUIREMENTS, SpaceError, build_space  # noqa: E402
+from dogcat.verdict import row_columns  # noqa: E402
 from tests.conftest import REAL_CAT, REAL_DOG, REPO, _drawn_photo  # noqa: E402
 from tests.servers import free_port, serving  # noqa: E402
 
@@ -84,8 +85,10 @@ def test_predict_returns_a_verdict_and_a_probability_for_each_class(app, tmp_pat
     assert sum(result.values()) == pytest.approx(1.0, abs=1e-5)
     assert looked is None  # the heatmap is opt-in
     # For programs: the machine-readable verdict, as `dogcat predict --json` gives it, under the client's file name.
-    assert (record["file"], record["verdict"], record["probabilities"]) == ("drawn.png", "unsure", result)
-    assert "path" not in record  # gradio_client would try to download it as a file
+    assert (record["file"], record["verdict"]) == ("drawn.png", "unsure")
+    assert {"cat": record["p_cat"], "dog": record["p_dog"]} == result
+    assert list(record) == ["file", *row_columns(["cat", "dog"])[1:]]  # the row, "path" renamed:
+    # gradio_client would try to download a "path" as a file
     assert record["looks_like"] is None  # no detector, so no ImageNet head
     again = app.predict(str(photo))  # a plain path works too (reload mode, direct calls)
     assert (again[0], again[1], again[3]) == (verdict, result, None)
@@ -457,9 +460,11 @@ def test_the_cards_python_example_runs_against_the_served_space(space, space_cli
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     printed = result.stdout.splitlines()[-2:]  # after gradio_client's own "Loaded as API: ..."
-    verdict, looks_like = printed[0].split(" ", 1)
+    verdict, seen = printed[0].split(" ", 1)
+    looks_like, probability = seen.rsplit(" ", 1)
     assert verdict == "neither"
-    assert looks_like.startswith("{'name': ")
+    assert looks_like  # ImageNet's top class, by its everyday name: "sports car"
+    assert 0 < float(probability) < 1
     assert printed[1].startswith("Neither a cat nor a dog: looks like ")
 
 

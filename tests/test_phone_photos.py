@@ -94,8 +94,8 @@ def test_predict_and_the_python_api_read_phone_photos(tmp_path, tiny_model_dir, 
     assert sorted(rows) == ["cat.avif", "cat.heic", "cat.png"]
     for name in ("cat.avif", "cat.heic"):
         assert rows[name]["error"] is None, rows[name]
-        assert rows[name]["size"] == [96, 96]
-        assert abs(rows[name]["probabilities"]["cat"] - rows["cat.png"]["probabilities"]["cat"]) < 0.05
+        assert (rows[name]["width"], rows[name]["height"]) == (96, 96)
+        assert abs(rows[name]["p_cat"] - rows["cat.png"]["p_cat"]) < 0.05
     assert "skipped 1 file(s)" in captured.err, captured.err
     assert str(tmp_path / "notes.pdf") in captured.err, captured.err
     classifier = Classifier.from_path(model)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import csv
 import io
 import json
 import os
@@ -34,6 +35,7 @@ from dogcat.cli import main
 from dogcat.inference import Classifier
 from dogcat.preprocessing import MAX_FILE_BYTES
 from dogcat.serve import MicroBatcher, create_app
+from dogcat.verdict import row_columns
 from tests.imagegen import encode, make_huge_png, make_pet
 from tests.servers import free_port
 
@@ -65,8 +67,9 @@ def client(classifier):
 
 @pytest.fixture(scope="module")
 def expected(classifier) -> dict[str, dict]:
-    """Each photo's row as `dogcat predict --json` builds it (`Prediction.as_record`)."""
-    return {name: classifier.predict([data], names=[name])[0].as_record() for name, data in PHOTOS.items()}
+    """Each photo's row as `dogcat predict --json` builds it (`Prediction.as_row`)."""
+    names = list(classifier.class_names.values())
+    return {name: classifier.predict([data], names=[name])[0].as_row(names) for name, data in PHOTOS.items()}
 
 
 def _same_row(got: dict, want: dict) -> bool:
@@ -114,6 +117,29 @@ def test_a_batch_answers_a_row_per_image_and_a_bad_image_is_a_row_with_its_error
     assert rows[1]["verdict"] is None
     assert rows[1]["error"].startswith("not an image")
     assert _same_row([rows[0], *rows[2:]], [expected[name] for name in ("astronaut.jpg", "cat-chelsea.jpg", "dog-darknet.jpg")])
+
+
+def test_predict_json_csv_and_the_api_give_one_row_with_the_same_keys_and_values(client, tmp_path, capsys):
+    """One row builder: a second one for JSON (or the API) would add, drop or reshape a key."""
+    for name, data in PHOTOS.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "notes.jpg").write_bytes(b"not a photo")
+    photos = sorted(tmp_path.iterdir())
+    command = ["predict", *map(str, photos), "--model", str(SHIPPED_MODEL), "--runtime", "onnx"]
+    assert main([*command, "--json"]) == 1  # the broken file
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert main([*command, "--csv"]) == 1
+    header, *cells = csv.reader(io.StringIO(capsys.readouterr().out))
+    answers = [row for start in range(0, len(photos), 4)  # the client's max_batch
+               for row in client.post("/v1/classify/batch", files=[("files", (p.name, p.read_bytes()))
+                                                                   for p in photos[start : start + 4]]).json()["rows"]]
+    assert answers[photos.index(tmp_path / "notes.jpg")].pop("error_code") == "unsupported_format"
+    assert {"cat", "dog", "neither"} <= {line["verdict"] for line in lines}
+    for line, csv_row, answer in zip(lines, cells, answers, strict=True):
+        assert list(line) == header  # the same columns, in the same order
+        assert set(answer) == set(line)  # the API lists the model's p_<class> fields after its documented ones
+        assert csv_row == ["" if v is None else f"{v:.6f}" if isinstance(v, float) else str(v) for v in line.values()]
+        assert _same_row(answer, {**line, "path": Path(line["path"]).name})
 
 
 def test_every_refused_upload_has_its_status_and_stable_code(client):
@@ -249,7 +275,11 @@ def test_model_card_and_schema(client, classifier):
     classify = schema["paths"]["/v1/classify"]["post"]
     assert {"200", "400", "413", "415", "422", "429", "503"} <= set(classify["responses"])
     assert "multipart/form-data" in classify["requestBody"]["content"]
-    assert {"verdict", "probabilities", "looks_like", "error"} <= set(schema["components"]["schemas"]["Row"]["properties"])
+    # The row's fields, documented: each of Prediction.as_row's but the model's p_<class> (the extra fields), and the API's own.
+    documented = schema["components"]["schemas"]["Row"]
+    fixed = [column for column in row_columns(card["classes"]) if column not in {"p_cat", "p_dog"}]
+    assert list(documented["properties"]) == [*fixed, "error_code", "explanation_png"]
+    assert "p_<class>" in documented["additionalProperties"]["description"]
     assert client.get("/docs").status_code == 200
 
 

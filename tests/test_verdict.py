@@ -261,9 +261,10 @@ def test_neither_says_what_it_sees_when_imagenet_and_the_classifier_disagree():
     prediction = Prediction("a.jpg", {"cat": 0.9, "dog": 0.1}, verdict=NEITHER, text="Neither a cat nor a dog",
                             size=(300, 300), looks_like=cougar)
     assert prediction.sentence == "Neither a cat nor a dog: looks like a cougar (85%), not a house cat"
-    record = prediction.as_record()
-    assert record["reason"] == "looks like a cougar (85%), not a house cat"
-    assert record["looks_like"] == {"name": "cougar", "probability": 0.85, "imagenet_id": COUGAR, "group": "wild_cat"}
+    row = prediction.as_row(["cat", "dog"])
+    assert row["reason"] == "looks like a cougar (85%), not a house cat"
+    assert [row[key] for key in ("looks_like", "p_looks_like", "looks_like_id", "looks_like_group")] == [
+        "cougar", 0.85, COUGAR, "wild_cat"]
 
 
 def test_a_head_that_no_longer_reads_imagenet_is_not_used(tiny_model_dir, tmp_path):
@@ -390,19 +391,20 @@ def test_predict_json_and_csv_carry_the_verdict_and_size(capsys):
     assert main(["predict", "--json", *photos]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [(r["verdict"], r["label"]) for r in rows] == [(NEITHER, "cat"), (CAT, "cat")]
-    assert rows[1]["size"] == [451, 300]
-    assert rows[1]["looks_like"]["group"] == "house_cat"  # Chelsea is a tabby: ImageNet names a domestic cat
-    assert rows[0]["looks_like"]["group"] not in ("house_cat", "dog")
+    assert (rows[1]["width"], rows[1]["height"]) == (451, 300)
+    assert rows[1]["looks_like_group"] == "house_cat"  # Chelsea is a tabby: ImageNet names a domestic cat
+    assert rows[0]["looks_like_group"] not in ("house_cat", "dog")
+    assert all(r["looks_like"] and r["looks_like_id"].startswith("n") for r in rows)  # a WordNet id: n02123045
     assert rows[1]["reason"].startswith("looks like a ")
     assert rows[0]["reason"].startswith("looks like")
-    assert all(0 < r["looks_like"]["probability"] < 1 for r in rows)
+    assert all(0 < r["p_looks_like"] < 1 for r in rows)
     assert main(["predict", "--csv", *photos]) == 0
-    lines = list(csv.reader(capsys.readouterr().out.splitlines()))
-    assert lines[0] == ["path", "verdict", "label", "p_cat", "p_dog", "width", "height", "looks_like", "p_looks_like",
-                        "reason", "error"]
-    assert [line[1] for line in lines[1:]] == [NEITHER, CAT]
-    assert [(line[7], float(line[8]), line[9]) for line in lines[1:]] == [
-        (r["looks_like"]["name"], pytest.approx(r["looks_like"]["probability"], abs=1e-6), r["reason"]) for r in rows]
+    lines = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert [line["verdict"] for line in lines] == [NEITHER, CAT]
+    for line, row in zip(lines, rows, strict=True):
+        assert (line["looks_like"], line["looks_like_id"], line["looks_like_group"], line["reason"]) == (
+            row["looks_like"], row["looks_like_id"], row["looks_like_group"], row["reason"])
+        assert float(line["p_looks_like"]) == pytest.approx(row["p_looks_like"], abs=1e-6)
 
 
 def test_detector_fit_command_ties_a_detector_to_the_model(tiny_model_dir, tiny_dataset, tmp_path, capsys):
