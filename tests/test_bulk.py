@@ -771,9 +771,8 @@ class _Outage:
                     end.close()
 
 
-@pytest.mark.outage
 def test_a_storage_endpoint_lost_mid_job_stops_it_in_one_line_and_a_rerun_completes(
-        s3_server, shared_data, tmp_path, capsys, monkeypatch):
+        s3_server, shared_data, tmp_path, monkeypatch):
     """The endpoint killed mid-job: `dogcat batch` waited silently (9.5 minutes observed) in reads and Parquet writes."""
     import threading
 
@@ -795,29 +794,31 @@ def test_a_storage_endpoint_lost_mid_job_stops_it_in_one_line_and_a_rerun_comple
             time.sleep(0.01)
         outage.cut()
 
-    ray.init(address="local", num_cpus=2, logging_level="ERROR", log_to_driver=False)
+    # The job in a process of its own, as a user runs it, bounded by _batch's timeout: run inside this
+    # process (beside the S3 server's and the relay's threads, after the session's other Ray jobs) it once
+    # made no progress for 10 minutes in a clean-clone CI run, where alone it stops in under 30 s.
+    args = ["s3://bucket/lost/", "--out", str(out), "--model", str(SHIPPED_MODEL)]
     try:
         watcher = threading.Thread(target=cut_a_third_of_the_way, daemon=True)
         watcher.start()
-        args = ["batch", "s3://bucket/lost/", "--out", str(out), "--model", str(SHIPPED_MODEL)]
         started = time.monotonic()
-        code = main(args)
+        job = _batch(*args, timeout=240)
         took = time.monotonic() - started
-        captured = capsys.readouterr()
         from dogcat.batch import JobStopped
 
-        assert code == JobStopped.exit_code, captured.err
-        assert took < 120
-        errors = [line for line in captured.err.splitlines() if line.startswith("dogcat: error:")]
-        assert len(errors) == 1
+        assert job.returncode == JobStopped.exit_code, job.stderr[-3000:]
+        assert took < 180
+        errors = [line for line in job.stderr.splitlines() if line.startswith("dogcat: error:")]
+        assert len(errors) == 1, job.stderr[-3000:]
         assert "cannot reach the storage of s3://bucket" in errors[0]
+        assert "Traceback" not in job.stderr
         done = len(_rows(out)) if list(out.glob("*.parquet")) else 0  # blocks are written as they fill
         assert done < len(names)
         outage.start()  # the endpoint is back, with its data
-        assert main(args) == 0
-        assert f"{len(names) - done} file(s) classified (0 with an error), {done} already in" in capsys.readouterr().out
+        again = _batch(*args, timeout=240)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert f"{len(names) - done} file(s) classified (0 with an error), {done} already in" in again.stdout
     finally:
-        ray.shutdown()
         outage.cut()
     rows = _rows(out)
     assert sorted(row["path"] for row in rows) == sorted(f"s3://{name}" for name in names), "every file once"
