@@ -5,7 +5,7 @@
 Each backend runs in its own process (Keras fixes its backend at import) on the same inputs:
 - training: the default model (ImageNet weights, last block unfrozen), `train_on_batch` on a
   batch of 32 images at 224 px, median over --steps steps after 2 warm-up steps;
-- inference: `Classifier.predict_one` on a 200x200 JPEG file (decode + resize + model), p50 and
+- inference: `Classifier.probabilities` on a 200x200 JPEG file (decode + resize + model), p50 and
   p95 over --requests calls after 3 warm-up calls, with the shipped model on the Keras runtime.
 TensorFlow, the default backend, is the baseline: ratios are JAX time / TensorFlow time.
 Needs both backends installed (`pip install ".[tensorflow,jax]"`) and the ImageNet file cached.
@@ -38,7 +38,7 @@ def worker(steps: int, requests: int, photo: str) -> dict:
     latencies = []
     for call in range(requests + 3):
         started = time.perf_counter()
-        classifier.predict_one(photo)
+        classifier.probabilities(photo)
         if call >= 3:
             latencies.append(time.perf_counter() - started)
     return {

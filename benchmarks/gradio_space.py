@@ -3,7 +3,7 @@
     python benchmarks/gradio_space.py [--requests 60] [--burst 40]
 
 1. Baseline, same run, before any server starts: the same photos through
-   `Classifier.predict_one` in this process (decode + model call, no HTTP, no queue).
+   `Classifier.probabilities` in this process (decode + model call, no HTTP, no queue).
 2. `dogcat space build` into a temporary folder; its app.py is started on 127.0.0.1:<free port>.
    a. sequential: one gradio_client request at a time (upload + queue + predict + result);
    b. burst: all --burst requests submitted at once from --burst threads, one client each.
@@ -62,12 +62,12 @@ def baseline(images: list[Path], requests: int, model: Path) -> dict[str, float]
 
     classifier = Classifier.from_path(model)
     for path in images[:3]:
-        classifier.predict_one(path)  # warm-up: first calls build the graph
+        classifier.probabilities(path)  # warm-up: first calls build the graph
     latencies = []
     started = time.perf_counter()
     for i in range(requests):
         t0 = time.perf_counter()
-        classifier.predict_one(images[i % len(images)])
+        classifier.probabilities(images[i % len(images)])
         latencies.append(time.perf_counter() - t0)
     return summary(latencies, time.perf_counter() - started)
 
@@ -164,7 +164,7 @@ def main() -> None:
     table = "\n".join([
         "| path | requests | p50 ms | p95 ms | requests/s |",
         "|---|---|---|---|---|",
-        row("in-process `Classifier.predict_one`, sequential (baseline)", base),
+        row("in-process `Classifier.probabilities`, sequential (baseline)", base),
         row("gradio_client -> local Space, sequential", sequential),
         row(f"gradio_client -> local Space, {args.burst} at once", burst),
     ])

@@ -4,7 +4,7 @@
 
 Baseline (measured in the same run): the seed project's way: PIL open, convert to RGB, resize
 to 224x224, scale to [0, 1], `model.predict` on one image. Against it:
-- dogcat Keras runtime: `Classifier.predict_one` (JPEG draft decoding, `predict_on_batch`);
+- dogcat Keras runtime: `Classifier.probabilities` (JPEG draft decoding, `predict_on_batch`);
 - dogcat ONNX runtime: the same through ONNX Runtime on the file `dogcat export` writes.
 Inputs: a 200x200 Kaggle JPEG ($DOGCAT_SHARED_DATA, else generated) and a 12-megapixel
 (4032x3024) JPEG made by upscaling it. Batched throughput: 256 200x200 files via
@@ -104,7 +104,7 @@ def main() -> None:
         rows = []
         for label, path in (("200x200 JPEG", small), ("4032x3024 JPEG", large)):
             baseline = p50_ms(lambda path=path: plain(path), args.runs)
-            timings = {name: p50_ms(lambda c=c, path=path: c.predict_one(path), args.runs)
+            timings = {name: p50_ms(lambda c=c, path=path: c.probabilities(path), args.runs)
                        for name, c in (("keras", keras_runtime), ("onnx", onnx_runtime))}
             rows.append((f"{label}, p50", f"{baseline:.1f} ms", f"{timings['keras']:.1f} ms ({baseline / timings['keras']:.1f}x)",
                          f"{timings['onnx']:.1f} ms ({baseline / timings['onnx']:.1f}x)"))

@@ -7,12 +7,12 @@
 On the same `--files` Kaggle photos and the same runtime:
 - `dogcat predict --csv` on a folder of them, a fresh process timed from start to exit (the batch
   CLI is the ceiling a server can approach);
-- `dogcat serve` (dynamic batching) and a naive FastAPI server that calls `Classifier.classify_one`
+- `dogcat serve` (dynamic batching) and a naive FastAPI server that calls `Classifier.predict_one`
   once per request in FastAPI's threadpool (written here, `--naive-server`), each in its own
   process, timed from the first request to the last answer of `--clients` concurrent clients
   (raw-body POSTs from one aiohttp process on the same machine: the clients' own CPU is in both, and
   printed);
-- one client: p50 latency of `dogcat serve` against the in-process `classify_one` on the same photo;
+- one client: p50 latency of `dogcat serve` against the in-process `predict_one` on the same photo;
 - memory: the idle server's RSS on the int8 runtime, after 1,000 requests and after `--rss-requests`;
 - a burst of `--burst` clients at once: every request answered 200 or 429, none cut off, and the
   server still answering afterwards.
@@ -69,7 +69,7 @@ def naive_server(port: int, runtime: str) -> None:
     @app.post("/v1/classify")
     async def classify(request: Request) -> dict:  # Request: a module global, so FastAPI resolves the annotation
         data = await request.body()
-        return (await run_in_threadpool(classifier.classify_one, data)).as_row(list(classifier.class_names.values()))
+        return (await run_in_threadpool(classifier.predict_one, data)).as_row(classifier.class_names.values())
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
@@ -176,11 +176,11 @@ def in_process_p50(photo: bytes, runtime: str, requests: int) -> float:
 
     classifier = Classifier.from_path(MODEL, runtime=runtime)
     for _ in range(5):
-        classifier.classify_one(photo)
+        classifier.predict_one(photo)
     times = []
     for _ in range(requests):
         started = time.perf_counter()
-        classifier.classify_one(photo)
+        classifier.predict_one(photo)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 
@@ -361,7 +361,7 @@ def main() -> None:
         "| way in | photos/s | vs `dogcat predict` | vs naive FastAPI |",
         "|---|---|---|---|",
         f"| `dogcat predict --csv` (fresh process, start to exit) | {predict_rate:.0f} | 1.00x | |",
-        f"| naive FastAPI (`classify_one` per request, threadpool) | {naive_rate:.0f} | {naive_rate / predict_rate:.2f}x | 1.00x |",
+        f"| naive FastAPI (`predict_one` per request, threadpool) | {naive_rate:.0f} | {naive_rate / predict_rate:.2f}x | 1.00x |",
         f"| `dogcat serve` (dynamic batching) | {serve_rate:.0f} | {serve_rate / predict_rate:.2f}x | "
         f"{serve_rate / naive_rate:.2f}x |",
         "",
@@ -370,7 +370,7 @@ def main() -> None:
         f"{client_cpu * 1000:.2f} ms a request.",
         f"- photos per model call in `dogcat serve` over the whole run: {batched / calls:.1f} on average.",
         f"- one client, one photo ({len(photos[0]) // 1024} KB JPEG), p50 of {args.latency_requests}: `dogcat serve` "
-        f"{serve_p50 * 1000:.1f} ms, in-process `classify_one` {library_p50 * 1000:.1f} ms "
+        f"{serve_p50 * 1000:.1f} ms, in-process `predict_one` {library_p50 * 1000:.1f} ms "
         f"({serve_p50 / library_p50:.2f}x).",
         f"- {args.burst} clients at once: {dict(sorted(burst.items()))} (status: count; -1 would be a cut-off "
         f"connection) in {burst_seconds:.1f} s; then {dict(after_status)} for 10 more requests.",

@@ -7,7 +7,7 @@
    loads the same model with `Classifier.from_path()` and classifies the same photo.
 2. Memory. A worker process drives the page with streamlit's AppTest, one upload per rerun, and
    reports its resident memory (VmRSS) after 10 and after N predictions. Baseline, same run: a
-   worker that calls `Classifier.predict_one` N times without Streamlit.
+   worker that calls `Classifier.probabilities` N times without Streamlit.
 
 Photos come from $DOGCAT_SHARED_DATA when set (the Kaggle sample), else they are generated.
 """
@@ -77,7 +77,7 @@ def memory_worker(mode: str, predictions: int) -> None:
 
         classifier = Classifier.from_path()
         for i in range(predictions):
-            classifier.predict_one(images[i % len(images)])
+            classifier.probabilities(images[i % len(images)])
             if i + 1 in (10, predictions):
                 readings[i + 1] = rss_mib()
     print(json.dumps({"after_10": readings[10], "after_n": readings[predictions]}))
@@ -90,7 +90,7 @@ def run_worker(mode: str, predictions: int) -> dict:
 
 
 def library_cold_start(photo: Path) -> float:
-    code = "from dogcat.inference import Classifier; import sys; Classifier.from_path().predict_one(sys.argv[1])"
+    code = "from dogcat.inference import Classifier; import sys; Classifier.from_path().probabilities(sys.argv[1])"
     started = time.perf_counter()
     subprocess.run([sys.executable, "-c", code, str(photo)], check=True, cwd=REPO, capture_output=True)
     return time.perf_counter() - started

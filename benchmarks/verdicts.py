@@ -255,12 +255,12 @@ def cost_section(model: Path | None, photo: bytes, runs: int) -> list[str]:
     times = {name: [] for name in paths}
     for _ in range(5):  # warm-up
         for classifier in paths.values():
-            classifier.classify_one(photo)
+            classifier.predict_one(photo)
     order = list(paths.items())
     for run in range(runs):  # interleaved, so a slow spell of this VM hits all three; rotated, so none always runs first
         for name, classifier in order[run % 3:] + order[: run % 3]:
             started = time.perf_counter()
-            classifier.classify_one(photo)
+            classifier.predict_one(photo)
             times[name].append(time.perf_counter() - started)
     p50 = {name: float(np.median(t)) * 1000 for name, t in times.items()}
     ratio = p50[NEW] / p50[OLD]

@@ -35,6 +35,16 @@ NON_FINITE = "the model gave a non-finite probability (NaN or infinity): its wei
 
 
 class Classifier:
+    """A loaded model: the one way every path (CLI, apps, HTTP API, batch) classifies, so none drifts.
+
+    `from_path(model_path=None, runtime=None)` loads one (default `$DOGCAT_MODEL`, else the shipped
+    model); `predict(sources)` -> [Prediction] in input order, an unreadable source with `error` set
+    (`predict_batches` yields them as they are done, `predict_one(source)` for one); `probabilities(source)`
+    -> {class: p}, no verdict; `predict_batch(images)` for model inputs, `classify_decoded` for photos
+    decoded elsewhere (dogcat.batch, dogcat.serve); `warnings`, `can_explain`, `class_names`, `rules`.
+    Example: `Classifier.from_path().predict_one("demos/examples/cat-chelsea.jpg").verdict == "cat"`.
+    """
+
     def __init__(self, runner, class_names: dict[int, str], batch_size: int = 32,
                  detector: Detector | None = None, rules: VerdictRules | None = None, workers: int | None = None):
         """`runner` is a KerasRunner, an OnnxRunner (dogcat.runtimes), or a Keras model (wrapped in a KerasRunner).
@@ -255,12 +265,12 @@ class Classifier:
                                           features=pooled, heatmap=heatmap))
         return predictions
 
-    def classify_one(self, source: ImageSource) -> Prediction:
-        """One source's Prediction, verdict included; an unreadable source comes back with `error`."""
+    def predict_one(self, source: ImageSource) -> Prediction:
+        """`predict` for one source: its Prediction, verdict included, or `error` set."""
         return self.predict([source])[0]
 
-    def predict_one(self, source: ImageSource) -> dict[str, float]:
-        """{class name: probability} for one image; raises ImageError with a one-line reason."""
+    def probabilities(self, source: ImageSource) -> dict[str, float]:
+        """{class name: probability} for one image: the network alone, no verdict; raises ImageError in one line."""
         image = to_model_input(decode_image_with_size(source, self.image_size)[0])
         return {self.class_names[c]: float(p) for c, p in enumerate(self.predict_batch(image)[0])}
 

@@ -64,10 +64,6 @@ class Prediction:
             return None
         return max(self.probabilities, key=self.probabilities.__getitem__)
 
-    @property
-    def confidence(self) -> float | None:
-        return None if self.probabilities is None else max(self.probabilities.values())
-
     def as_row(self, class_names: Iterable[str]) -> dict:
         """The one machine-readable prediction (`row_columns`): a `dogcat predict --json` line, a `--csv` and
         batch Parquet row, an HTTP API and Gradio API answer. Flat, so a table holds all of it: a `p_<class>`

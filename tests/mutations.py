@@ -659,6 +659,12 @@ MUTATIONS = [
         ("tests/test_verdict.py::test_neither_says_what_it_sees_when_imagenet_and_the_classifier_disagree",),
     ),
     Mutation(
+        "a second name for a one-photo verb comes back", "dogcat/inference.py",
+        "    def probabilities(self, source: ImageSource) -> dict[str, float]:\n",
+        "    classify_one = predict_one\n\n    def probabilities(self, source: ImageSource) -> dict[str, float]:\n",
+        ("tests/test_inference.py::test_the_classifiers_docstring_lists_every_public_method_and_its_example_holds",),
+    ),
+    Mutation(
         "the Streamlit page starts from the default [predict] settings", "demos/streamlit_app.py",
         "ModelFolder.resolve(model_path).predict_config()  #", "ModelFolder.resolve(model_path).predict_config().__class__()  #",
         ("tests/test_consistency.py::test_the_streamlit_page_gives_the_classifiers_answers",),

@@ -1,3 +1,4 @@
+import re
 import threading
 
 import numpy as np
@@ -5,7 +6,7 @@ import pytest
 
 from dogcat.inference import Classifier
 from dogcat.preprocessing import ImageError
-from tests.conftest import _drawn_photo
+from tests.conftest import REPO, _drawn_photo
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +31,7 @@ def test_predictions_are_the_same_when_many_threads_share_one_classifier(varied_
     classifier = varied_classifier
     """Streamlit sessions and Gradio workers share one Classifier: concurrent calls must not mix results."""
     images = [np.asarray(_drawn_photo("cat" if i % 2 else "dog", i, size=48)) for i in range(8)]
-    expected = [classifier.predict_one(image) for image in images]
+    expected = [classifier.probabilities(image) for image in images]
     assert len({round(p["cat"], 6) for p in expected}) > 1, "images should give distinct answers"
     results: dict[tuple[int, int], dict[str, float]] = {}
     failures: list[BaseException] = []
@@ -39,7 +40,7 @@ def test_predictions_are_the_same_when_many_threads_share_one_classifier(varied_
         try:
             for round_ in range(5):
                 index = (worker + round_) % len(images)
-                results[(worker, round_)] = (index, classifier.predict_one(images[index]))
+                results[(worker, round_)] = (index, classifier.probabilities(images[index]))
         except BaseException as error:
             failures.append(error)
 
@@ -63,9 +64,23 @@ def test_predict_keeps_input_order_and_reports_each_bad_source(classifier):
     assert sum(results[1].probabilities.values()) == pytest.approx(1, abs=1e-5)
 
 
-def test_predict_one_raises_a_one_line_image_error(classifier):
+def test_probabilities_raises_a_one_line_image_error_and_predict_one_returns_it(classifier):
+    """The two one-photo verbs: `probabilities` is the network alone and raises, `predict_one` is `predict`'s row."""
     with pytest.raises(ImageError, match="not an image"):
-        classifier.predict_one(b"GIF89a but not really")
+        classifier.probabilities(b"GIF89a but not really")
+    refused = classifier.predict_one(b"GIF89a but not really")
+    assert (refused.verdict, refused.error[:12]) == (None, "not an image")
+    photo = np.asarray(_drawn_photo("cat", 0))
+    assert classifier.predict_one(photo).probabilities == pytest.approx(classifier.probabilities(photo), abs=1e-6)
+
+
+def test_the_classifiers_docstring_lists_every_public_method_and_its_example_holds(monkeypatch):
+    """The class is the Python API's front door: a method added without a word there is one a reader never finds."""
+    public = {name for name in vars(Classifier) if not name.startswith("_")}
+    assert public - set(re.findall(r"`(\w+)", Classifier.__doc__)) == set()
+    example = re.search(r"Example: `(.+?)`\.", Classifier.__doc__)[1]
+    monkeypatch.chdir(REPO)
+    assert eval(example, {"Classifier": Classifier}) is True
 
 
 def test_predict_across_several_batches_matches_one_by_one(varied_classifier):
@@ -81,7 +96,7 @@ def test_predict_across_several_batches_matches_one_by_one(varied_classifier):
             assert result.probabilities is None
         else:
             assert result.error is None
-            expected = varied_classifier.predict_one(source)
+            expected = varied_classifier.probabilities(source)
             assert result.probabilities == pytest.approx(expected, abs=1e-6)
     assert batched.predict([]) == []
 
@@ -119,7 +134,7 @@ def test_onnx_predict_scores_batches_on_every_core_at_once_in_input_order(monkey
     assert [r.source for r in results] == [f"{i}" for i in range(len(sources))]
     assert results[-1].error
     assert all(r.error is None for r in results[:-1])
-    alone = {name: classifier.classify_one(name).probabilities for name in map(str, examples)}
+    alone = {name: classifier.predict_one(name).probabilities for name in map(str, examples)}
     for source, result in zip(sources, results[:-1], strict=False):
         assert result.probabilities == pytest.approx(alone[source], abs=1e-6)
     peak[0] = 0

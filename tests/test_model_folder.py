@@ -72,7 +72,7 @@ def test_a_copy_of_the_serving_files_answers_as_the_original(shipped_copy, tmp_p
     assert copied.warnings == original.warnings == []
     assert copied.rules == original.rules
     assert copied.rules.unsure_below == THRESHOLD
-    assert copied.classify_one(CAT) == original.classify_one(CAT)
+    assert copied.predict_one(CAT) == original.predict_one(CAT)
 
 
 def test_batch_ships_the_models_predict_settings_to_its_actors(shipped_copy, tmp_path):
@@ -85,7 +85,7 @@ def test_batch_ships_the_models_predict_settings_to_its_actors(shipped_copy, tmp
         (tmp_path / "actor" / name).write_bytes(data)
     actor, driver = Classifier.from_path(tmp_path / "actor"), Classifier.from_path(shipped_copy)
     assert actor.rules == driver.rules
-    assert actor.classify_one(DOG).verdict == driver.classify_one(DOG).verdict == "unsure"
+    assert actor.predict_one(DOG).verdict == driver.predict_one(DOG).verdict == "unsure"
 
 
 def test_resolve_finds_the_env_model_then_the_shipped_one_and_names_a_missing_one(tmp_path, monkeypatch):
