@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny models (weights=None, 32 px) and optional real data/weights."""
+"""Shared fixtures: tiny models (weights=None, 32 px) and optional real data/weights.
+
+Fixtures only: the constants and helpers the tests share are in tests/helpers.py."""
 
 from __future__ import annotations
 
@@ -8,14 +10,7 @@ from pathlib import Path
 import pytest
 
 from dogcat.config import ModelConfig
-
-TINY_SIZE = 32
-# Real photos from the Kaggle sample, both in the shipped model's held-out test split.
-REAL_CAT, REAL_DOG = "cat.10086.jpg", "dog.10057.jpg"  # MobileNetV2's smallest input: builds and runs in a fraction of a second
-REPO = Path(__file__).resolve().parents[1]
-# Photos for measuring verdicts on other domains than Kaggle's (pets-dev, ood-dev): never shipped;
-# tests that read them skip where they are absent.
-DEV_PHOTOS = Path(os.environ.get("DOGCAT_DEV_PHOTOS", REPO.parent / "shared" / "data"))
+from tests.helpers import REPO, TINY_SIZE, drawn_photo, vary_weights
 
 
 @pytest.fixture(scope="session")
@@ -36,42 +31,6 @@ def tiny_model_dir(tmp_path_factory, tiny_model_config) -> Path:
     build_model(tiny_model_config, TINY_SIZE).save(folder / MODEL_FILENAME)
     save_class_names(folder / "class_names.pkl", CLASS_NAMES)
     return folder
-
-
-def vary_weights(model, seed: int = 0):
-    """Give an untrained tiny classifier O(1) activations that depend on its input; returns it.
-
-    With weights=none MobileNetV2's Glorot kernels shrink activations ~1e9-fold over the blocks,
-    so every photo gets exactly [0.5, 0.5] and no comparison of two outputs can fail. He-scaled
-    kernels keep the scale; random BatchNorm statistics make the BatchNorm layers matter too.
-    """
-    import keras
-    import numpy as np
-
-    from dogcat.model import BASE_NAME
-
-    rng = np.random.default_rng(seed)
-    for layer in model.get_layer(BASE_NAME).layers:
-        if isinstance(layer, keras.layers.DepthwiseConv2D):  # before Conv2D: check the subclass first
-            fan_in = int(np.prod(layer.kernel.shape[:2]))
-        elif isinstance(layer, keras.layers.Conv2D):
-            fan_in = int(np.prod(layer.kernel.shape[:3]))
-        elif isinstance(layer, keras.layers.BatchNormalization):
-            randomize_batch_norm(layer, rng)
-            continue
-        else:
-            continue
-        layer.kernel.assign(rng.normal(0, np.sqrt(2.0 / fan_in), layer.kernel.shape).astype("float32"))
-    return model
-
-
-def randomize_batch_norm(layer, rng) -> None:
-    """Untrained BatchNorm layers are identities; real-looking statistics make them matter."""
-    channels = layer.moving_mean.shape[0]
-    layer.moving_mean.assign(rng.normal(0, 0.1, channels).astype("float32"))
-    layer.moving_variance.assign(rng.uniform(0.5, 2.0, channels).astype("float32"))
-    layer.gamma.assign(rng.uniform(0.5, 1.5, channels).astype("float32"))
-    layer.beta.assign(rng.normal(0, 0.1, channels).astype("float32"))
 
 
 @pytest.fixture(scope="session")
@@ -108,27 +67,13 @@ def imagenet_weights() -> Path:
     return path
 
 
-def _drawn_photo(label: str, index: int, size: int = 64):
-    """A small picture that differs per file: warm blobs for cats, cool stripes for dogs."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng([index, label == "dog"])
-    pixels = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
-    if label == "cat":
-        pixels[..., 0] += 150
-    else:
-        pixels[::4, :, 2] += 180
-    return Image.fromarray(pixels)
-
-
 @pytest.fixture(scope="session")
 def kaggle_folder(tmp_path_factory) -> Path:
     """12 generated cats and 12 dogs in the Kaggle flat layout (cat.N.jpg, dog.N.jpg)."""
     folder = tmp_path_factory.mktemp("kaggle")
     for label in ("cat", "dog"):
         for index in range(12):
-            _drawn_photo(label, index).save(folder / f"{label}.{index}.jpg", quality=90)
+            drawn_photo(label, index).save(folder / f"{label}.{index}.jpg", quality=90)
     return folder
 
 

@@ -5,7 +5,7 @@ import pytest
 from dogcat.calibration import fit_temperature, fold_temperature, log_loss_at, logits_of
 from dogcat.dataset import ImageBatches
 from dogcat.model import build_model
-from tests.conftest import TINY_SIZE, vary_weights
+from tests.helpers import TINY_SIZE, vary_weights
 
 
 def _sample(temperature: float, count: int = 20_000, seed: int = 0):

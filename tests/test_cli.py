@@ -8,7 +8,7 @@ import pytest
 
 from dogcat.cli import main
 from dogcat.verdict import VERDICTS, row_columns
-from tests.conftest import REPO, _drawn_photo
+from tests.helpers import REPO, drawn_photo
 
 
 @pytest.fixture
@@ -229,7 +229,7 @@ def test_predict_explain_into_a_file_stops_before_any_work(tmp_path, capsys, whe
 def test_predict_explain_makes_a_missing_folder_and_its_parents(tmp_path, tiny_model_dir):
     target = tmp_path / "out" / "explain"  # the README's `--explain out/explain` in a fresh folder
     photo = tmp_path / "cat.png"
-    _drawn_photo("cat", 2, size=96).save(photo)
+    drawn_photo("cat", 2, size=96).save(photo)
     assert main(["predict", "--model", str(tiny_model_dir / "dog_cat_classifier.keras"), "--explain", str(target),
                  str(photo)]) == 0
     assert target.is_dir()

@@ -632,12 +632,12 @@ def test_streamlit_labels_the_photos_uploaded_with_crash_files(monkeypatch, tiny
     pytest.importorskip("streamlit")
     from streamlit.testing.v1 import AppTest
 
-    from tests.conftest import REPO, _drawn_photo
+    from tests.helpers import REPO, drawn_photo
 
     monkeypatch.setenv("DOGCAT_MODEL", str(tiny_model_dir / "dog_cat_classifier.keras"))
     app = AppTest.from_file(str(REPO / "demos" / "streamlit_app.py"), default_timeout=120).run()
     good = io.BytesIO()
-    _drawn_photo("cat", 1).save(good, format="JPEG")
+    drawn_photo("cat", 1).save(good, format="JPEG")
     files = [("good.jpg", good.getvalue())] + [(name, (FIXTURES / name).read_bytes()) for name in (*CRASHES, "postscript.jpg")]
     app.file_uploader(key="uploads").set_value([(name, data, "image/jpeg") for name, data in files])
     app.run()

@@ -11,7 +11,7 @@ import re
 
 import pytest
 
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 # `pip install dogcat`, `pip install "dogcat[ray]"`, `uv pip install -U 'dogcat>=0.1'`: a bare name an index would resolve.
 BARE_INSTALL = re.compile(r"""pip\s+install\s+(?:-\S+\s+)*["']?dogcat(?:\[[^\]]*\])?(?:[<>=!~][^\s"']*)?["']?(?=[\s`)'"]|$)""")

@@ -18,7 +18,7 @@ from dogcat.preprocessing import ImageError
 from dogcat.space import SpaceError
 from dogcat.train import TrainError
 from dogcat.tune import TuneError
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 OLD_BASES = {ArtifactError: ValueError, ArtifactWriteError: ValueError, ConfigError: ValueError, DataError: ValueError,
              ImageError: ValueError, SpaceError: ValueError, UnsupportedLayer: ValueError, UsageError: ValueError,

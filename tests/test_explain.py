@@ -11,7 +11,7 @@ from PIL import Image
 
 from dogcat.explain import grad_cam, overlay
 from dogcat.inference import Classifier
-from tests.conftest import REPO
+from tests.helpers import REPO
 from tests.imagegen import encode, make_exif_jpeg
 
 keras = pytest.importorskip("keras")

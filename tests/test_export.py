@@ -11,7 +11,7 @@ import pytest
 from dogcat.artifacts import ArtifactError
 from dogcat.inference import Classifier
 from dogcat.preprocessing import preprocess
-from tests.conftest import REAL_CAT, REAL_DOG, REPO, _drawn_photo
+from tests.helpers import REAL_CAT, REAL_DOG, REPO, drawn_photo
 
 keras = pytest.importorskip("keras")
 pytest.importorskip("onnxruntime")
@@ -35,7 +35,7 @@ def _photos(shared_data=None) -> np.ndarray:
     images = []
     for index in range(6):
         buffer = io.BytesIO()
-        _drawn_photo("cat" if index % 2 else "dog", index, size=200).save(buffer, format="JPEG")
+        drawn_photo("cat" if index % 2 else "dog", index, size=200).save(buffer, format="JPEG")
         images.append(buffer.getvalue())
     if shared_data is not None:
         images += [(shared_data / name).read_bytes() for name in (REAL_CAT, REAL_DOG)]

@@ -14,7 +14,7 @@ from dogcat.features import (
 )
 from dogcat.model import build_model, set_fine_tuning
 from dogcat.onnx_graph import UnsupportedLayer
-from tests.conftest import TINY_SIZE, randomize_batch_norm, vary_weights
+from tests.helpers import TINY_SIZE, randomize_batch_norm, vary_weights
 
 
 def _images(count: int, seed: int = 0) -> np.ndarray:

@@ -8,7 +8,7 @@ import warnings
 import pytest
 
 from dogcat.cli import main
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 CAT = REPO / "demos" / "examples" / "cat-chelsea.jpg"
 

@@ -26,7 +26,7 @@ from dogcat.artifacts import CLASS_NAMES_FILENAME, MODEL_FILENAME  # noqa: E402
 from dogcat.detector import DESCRIPTION  # noqa: E402
 from dogcat.space import NOT_VENDORED, ONNX_REQUIREMENTS, REQUIREMENTS, SpaceError, build_space  # noqa: E402
 from dogcat.verdict import row_columns  # noqa: E402
-from tests.conftest import REAL_CAT, REAL_DOG, REPO, _drawn_photo  # noqa: E402
+from tests.helpers import REAL_CAT, REAL_DOG, REPO, drawn_photo  # noqa: E402
 from tests.servers import free_port, serving  # noqa: E402
 
 APP_FILE = REPO / "demos" / "gradio_app.py"
@@ -76,7 +76,7 @@ def _assert_one_clean_line(message: str, folder: Path) -> None:
 
 def test_predict_returns_a_verdict_and_a_probability_for_each_class(app, tmp_path):
     photo = tmp_path / "drawn.png"
-    _drawn_photo("dog", 3, size=80).save(photo)
+    drawn_photo("dog", 3, size=80).save(photo)
     verdict, result, record, looked = app.predict(_upload(photo))
     # The untrained tiny model is never sure, and it has no detector beside it.
     assert verdict.startswith("Not sure (maybe ")
@@ -96,7 +96,7 @@ def test_predict_returns_a_verdict_and_a_probability_for_each_class(app, tmp_pat
 
 def test_show_where_it_looked_adds_the_overlay_image(app, tmp_path):
     photo = tmp_path / "wide.png"
-    _drawn_photo("cat", 4, size=80).resize((120, 80)).save(photo)
+    drawn_photo("cat", 4, size=80).resize((120, 80)).save(photo)
     verdict, result, _, looked = app.predict(_upload(photo), True)
     assert (verdict, result) == app.predict(_upload(photo))[:2]
     assert Image.open(looked).size == (120, 80)  # the photo's own size and shape
@@ -118,7 +118,7 @@ def test_bad_upload_is_a_one_line_gradio_error(app, tmp_path, content, reason):
     path = tmp_path / "upload.jpg"
     if content == "truncated":
         buffer = io.BytesIO()
-        _drawn_photo("cat", 1, size=120).save(buffer, format="JPEG", quality=95)
+        drawn_photo("cat", 1, size=120).save(buffer, format="JPEG", quality=95)
         content = buffer.getvalue()[: len(buffer.getvalue()) // 2]
     path.write_bytes(content)
     with pytest.raises(gr.Error) as caught:
@@ -139,7 +139,7 @@ def test_a_phone_photo_chosen_by_file_is_shown_upright_and_classified_as_its_own
     upload = tmp_path / "upload"
     upload.mkdir()
     phone = upload / "IMG_0042.HEIC"
-    phone.write_bytes(make_exif_photo(_drawn_photo("cat", 6, size=120).resize((120, 80)), 6, "HEIF"))
+    phone.write_bytes(make_exif_photo(drawn_photo("cat", 6, size=120).resize((120, 80)), 6, "HEIF"))
     shown, *_ = app.from_file(_upload(phone))
     with Image.open(shown) as picture:
         assert (picture.format, picture.size) == ("PNG", (120, 80))  # upright, in a format every browser shows
@@ -186,7 +186,7 @@ def test_the_page_classifies_on_arrival_and_on_the_checkbox_and_keeps_errors_in_
     assert cleared[:3] == (None, None, None)
     assert cleared[3].visible is False
     photo = tmp_path / "drawn.png"
-    _drawn_photo("cat", 5, size=96).save(photo)
+    drawn_photo("cat", 5, size=96).save(photo)
     shown = app.show(_upload(photo), False)
     assert shown[0] == app.predict(_upload(photo), False)[0]
     assert shown[3].visible is False  # no overlay asked for: no empty panel
@@ -218,7 +218,7 @@ def test_the_page_speaks_to_a_pet_owner_and_keeps_the_method_in_about(app, tmp_p
     assert message == "Add a photo first: upload one, paste one, or pick an example below."
     assert rest[:2] == [None, None]
     photo = tmp_path / "drawn.png"
-    _drawn_photo("cat", 5, size=96).save(photo)
+    drawn_photo("cat", 5, size=96).save(photo)
     assert app.classify(_upload(photo), False)[:2] == app.show(_upload(photo), False)[:2]
 
 
@@ -558,7 +558,7 @@ def demo_url(tiny_model_dir, tmp_path_factory):
 @pytest.mark.slow
 def test_cli_demo_serves_the_app(demo_url, tmp_path):
     photo = tmp_path / "drawn.png"
-    _drawn_photo("cat", 5, size=64).save(photo)
+    drawn_photo("cat", 5, size=64).save(photo)
     _, label, probabilities, _ = _classify(gradio_client.Client(demo_url, verbose=False), photo)
     assert set(probabilities) == {"cat", "dog"}
     assert label == max(probabilities, key=probabilities.get)

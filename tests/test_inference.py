@@ -6,7 +6,7 @@ import pytest
 
 from dogcat.inference import Classifier
 from dogcat.preprocessing import ImageError
-from tests.conftest import REPO, _drawn_photo
+from tests.helpers import REPO, drawn_photo
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def varied_classifier():
 def test_predictions_are_the_same_when_many_threads_share_one_classifier(varied_classifier):
     classifier = varied_classifier
     """Streamlit sessions and Gradio workers share one Classifier: concurrent calls must not mix results."""
-    images = [np.asarray(_drawn_photo("cat" if i % 2 else "dog", i, size=48)) for i in range(8)]
+    images = [np.asarray(drawn_photo("cat" if i % 2 else "dog", i, size=48)) for i in range(8)]
     expected = [classifier.probabilities(image) for image in images]
     assert len({round(p["cat"], 6) for p in expected}) > 1, "images should give distinct answers"
     results: dict[tuple[int, int], dict[str, float]] = {}
@@ -56,7 +56,7 @@ def test_predictions_are_the_same_when_many_threads_share_one_classifier(varied_
 
 
 def test_predict_keeps_input_order_and_reports_each_bad_source(classifier):
-    good = np.asarray(_drawn_photo("cat", 1))
+    good = np.asarray(drawn_photo("cat", 1))
     results = classifier.predict([b"", good, b"not an image", good], names=["e", "g1", "t", "g2"])
     assert [r.source for r in results] == ["e", "g1", "t", "g2"]
     assert [r.error for r in results] == ["empty file", None, "not an image, or not a supported format (JPEG, PNG, WebP, HEIC, AVIF, BMP or GIF)", None]
@@ -70,7 +70,7 @@ def test_probabilities_raises_a_one_line_image_error_and_predict_one_returns_it(
         classifier.probabilities(b"GIF89a but not really")
     refused = classifier.predict_one(b"GIF89a but not really")
     assert (refused.verdict, refused.error[:12]) == (None, "not an image")
-    photo = np.asarray(_drawn_photo("cat", 0))
+    photo = np.asarray(drawn_photo("cat", 0))
     assert classifier.predict_one(photo).probabilities == pytest.approx(classifier.probabilities(photo), abs=1e-6)
 
 
@@ -85,7 +85,7 @@ def test_the_classifiers_docstring_lists_every_public_method_and_its_example_hol
 
 def test_predict_across_several_batches_matches_one_by_one(varied_classifier):
     """Batches are decoded and scored on several threads at once; order, errors and answers must not change."""
-    sources = [np.asarray(_drawn_photo(label, i)) for i in range(4) for label in ("cat", "dog")]
+    sources = [np.asarray(drawn_photo(label, i)) for i in range(4) for label in ("cat", "dog")]
     sources[2], sources[7] = b"not an image", b""
     batched = Classifier(varied_classifier.runner, varied_classifier.class_names, batch_size=3)
     results = batched.predict(sources)

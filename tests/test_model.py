@@ -11,7 +11,7 @@ from dogcat.model import (
     load_model,
     set_fine_tuning,
 )
-from tests.conftest import TINY_SIZE, vary_weights
+from tests.helpers import TINY_SIZE, vary_weights
 
 
 def _trainable_base_layers(model):

@@ -11,7 +11,7 @@ import pytest
 from dogcat.artifacts import MODEL_FILENAME
 from dogcat.inference import Classifier
 from dogcat.model_folder import ModelFolder
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 SHIPPED = REPO / "models"
 CAT = REPO / "demos" / "examples" / "cat-chelsea.jpg"

@@ -15,7 +15,7 @@ from dogcat import preprocessing
 from dogcat.cli import main
 from dogcat.data import IMAGE_SUFFIXES, expand_in_order, skipped_line
 from dogcat.preprocessing import ImageError, decode_image, load_image, preprocess
-from tests.conftest import _drawn_photo
+from tests.helpers import drawn_photo
 from tests.imagegen import encode, make_exif_photo, quadrants
 from tests.test_preprocessing import assert_quadrants, check_tensor
 
@@ -32,7 +32,7 @@ def test_a_phone_photo_is_read_upright(fmt, orientation):
 
 @pytest.mark.parametrize("fmt", PHONE_FORMATS)
 def test_a_phone_photo_gives_the_pixels_of_the_same_photo_as_png(fmt):
-    photo = _drawn_photo("cat", 3, size=96)
+    photo = drawn_photo("cat", 3, size=96)
     lossless = decode_image(encode(photo, "PNG"))
     phone = decode_image(encode(photo, fmt, quality=95))
     jpeg = decode_image(encode(photo, "JPEG", quality=95))
@@ -42,7 +42,7 @@ def test_a_phone_photo_gives_the_pixels_of_the_same_photo_as_png(fmt):
 
 @pytest.mark.parametrize("fmt", PHONE_FORMATS)
 def test_a_phone_photo_over_the_budgets_is_refused_from_its_header(fmt, monkeypatch):
-    data = encode(_drawn_photo("dog", 1, size=256), fmt, quality=50)
+    data = encode(drawn_photo("dog", 1, size=256), fmt, quality=50)
     monkeypatch.setattr(preprocessing, "MAX_DECODE_BYTES", 256 * 256 * 4)  # the picture alone, no room to decode it
     with pytest.raises(ImageError, match=r"^image: image is 256x256, too large to decode .*decode budget"):
         decode_image(data)
@@ -53,7 +53,7 @@ def test_a_phone_photo_over_the_budgets_is_refused_from_its_header(fmt, monkeypa
 
 @pytest.mark.parametrize("fmt", PHONE_FORMATS)
 def test_a_cut_short_phone_photo_is_one_line(fmt, tmp_path):
-    data = encode(_drawn_photo("cat", 2, size=200), fmt, quality=80)
+    data = encode(drawn_photo("cat", 2, size=200), fmt, quality=80)
     for cut in (data[: len(data) // 2], data[:40]):
         path = tmp_path / f"cut{PHONE_FORMATS[fmt]}"
         path.write_bytes(cut)
@@ -82,7 +82,7 @@ def test_folders_list_phone_photos_and_name_what_they_skip(tmp_path):
 def test_predict_and_the_python_api_read_phone_photos(tmp_path, tiny_model_dir, capsys):
     from dogcat.inference import Classifier
 
-    photo = _drawn_photo("cat", 5, size=96)
+    photo = drawn_photo("cat", 5, size=96)
     for fmt, suffix in PHONE_FORMATS.items():
         (tmp_path / f"cat{suffix}").write_bytes(encode(photo, fmt, quality=95))
     (tmp_path / "cat.png").write_bytes(encode(photo, "PNG"))

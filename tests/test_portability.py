@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import REAL_CAT, REAL_DOG, REPO
+from tests.helpers import REAL_CAT, REAL_DOG, REPO
 
 BACKENDS = ("tensorflow", "jax")
 TOLERANCE = 1e-5

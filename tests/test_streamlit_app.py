@@ -14,14 +14,14 @@ from streamlit.testing.v1 import AppTest
 
 from dogcat.detector import DESCRIPTION
 from dogcat.preprocessing import MAX_FILE_BYTES
-from tests.conftest import REAL_CAT, REAL_DOG, REPO, _drawn_photo
+from tests.helpers import REAL_CAT, REAL_DOG, REPO, drawn_photo
 
 APP = str(REPO / "demos" / "streamlit_app.py")
 
 
 def _jpeg(label: str, index: int) -> bytes:
     buffer = io.BytesIO()
-    _drawn_photo(label, index, size=96).save(buffer, format="JPEG")  # over predict.min_side
+    drawn_photo(label, index, size=96).save(buffer, format="JPEG")  # over predict.min_side
     return buffer.getvalue()
 
 
@@ -60,7 +60,7 @@ def test_phone_photos_are_accepted_and_classified(tiny_app):
     from tests.imagegen import encode
 
     assert {"heic", "heif", "avif"} <= {kind.lstrip(".") for kind in tiny_app.file_uploader(key="uploads").proto.type}
-    photo = _drawn_photo("cat", 1, size=96)
+    photo = drawn_photo("cat", 1, size=96)
     app = _upload(tiny_app, [("IMG_0001.HEIC", encode(photo, "HEIF", quality=90)),
                              ("IMG_0002.avif", encode(photo, "AVIF", quality=90))])
     assert not app.exception

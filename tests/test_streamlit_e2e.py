@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REAL_CAT, REAL_DOG, REPO
+from tests.helpers import REAL_CAT, REAL_DOG, REPO
 from tests.servers import free_port, serving
 
 CHROMIUM = os.environ.get("DOGCAT_CHROMIUM", "/usr/bin/chromium")

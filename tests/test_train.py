@@ -14,7 +14,7 @@ from dogcat.inference import Classifier
 from dogcat.model import build_model
 from dogcat.preprocessing import preprocess
 from dogcat.train import TrainError, train
-from tests.conftest import TINY_SIZE
+from tests.helpers import TINY_SIZE
 
 pytestmark = pytest.mark.slow
 

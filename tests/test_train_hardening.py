@@ -10,7 +10,7 @@ import pytest
 
 from dogcat.config import load_config
 from dogcat.train import TrainError, train
-from tests.conftest import TINY_SIZE
+from tests.helpers import TINY_SIZE
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import pytest
 from dogcat.cli import main
 from dogcat.config import load_config
 from dogcat.tune import SPACE, STUDY_NAME, TuneError, trial_config, tune
-from tests.conftest import TINY_SIZE
+from tests.helpers import TINY_SIZE
 
 pytestmark = [pytest.mark.tune, pytest.mark.slow]
 

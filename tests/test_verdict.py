@@ -38,7 +38,7 @@ from dogcat.verdict import (
     describe,
     hint,
 )
-from tests.conftest import DEV_PHOTOS, REAL_CAT, REAL_DOG, REPO
+from tests.helpers import DEV_PHOTOS, REAL_CAT, REAL_DOG, REPO
 
 SHIPPED = REPO / "models"
 EXAMPLES = REPO / "demos" / "examples"
