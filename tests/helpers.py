@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 TINY_SIZE = 32  # MobileNetV2's smallest input: builds and runs in a fraction of a second
@@ -62,3 +63,10 @@ def drawn_photo(label: str, index: int, size: int = 64):
     else:
         pixels[::4, :, 2] += 180
     return Image.fromarray(pixels)
+
+
+def model_folder_copy(tmp_path):
+    """A copy of the shipped model folder to damage or reconfigure: (the folder, its .keras file)."""
+    folder = tmp_path / "model"
+    shutil.copytree(REPO / "models", folder, ignore=shutil.ignore_patterns("*.png", "*.md", "*.int8.onnx"))
+    return folder, folder / "dog_cat_classifier.keras"

@@ -124,14 +124,14 @@ MUTATIONS = [
     Mutation(
         "predict --csv's and batch's rows leave looks_like empty", "dogcat/verdict.py",
         "\"looks_like\": seen and seen.name,", "\"looks_like\": None,",
-        ("tests/test_detector.py::test_predict_json_and_csv_carry_the_verdict_and_size",
+        ("tests/test_verdict.py::test_predict_json_and_csv_carry_the_verdict_and_size",
          "tests/test_bulk.py::test_batch_on_a_cluster_gives_predicts_rows_and_an_error_row_per_bad_file"),
     ),
     Mutation(
         "a model's saved [predict] settings ignored", "dogcat/inference.py",
         "        settings = folder.predict_config(config_warnings)\n",
         "        settings = PredictConfig()\n",
-        ("tests/test_detector.py::test_the_models_saved_predict_settings_drive_its_verdicts",),
+        ("tests/test_verdict.py::test_the_models_saved_predict_settings_drive_its_verdicts",),
     ),
     Mutation(
         "an import circle: explain reads Prediction from inference again", "dogcat/explain.py",
@@ -170,7 +170,7 @@ MUTATIONS = [
         "    if is_neither:\n        return NEITHER\n",
         "    if is_neither:\n        return NEITHER\n"
         "    if size is not None and min(size) < rules.min_side:\n        return TOO_SMALL\n",
-        ("tests/test_detector.py::test_decide_gives_each_outcome_in_order",),
+        ("tests/test_verdict.py::test_decide_gives_each_outcome_in_order",),
     ),
     Mutation(
         "detector threshold one rank off", "dogcat/detector.py",

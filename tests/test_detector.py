@@ -1,9 +1,8 @@
-"""Verdicts: the one decision function, the detector artifact and its hash ties, the ImageNet gate, and real photos."""
+"""The "neither" detector (dogcat.detector): its maths, its file and hash ties, the ImageNet gate and its rules, on
+made-up features and on real photos."""
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import shutil
 import zipfile
@@ -29,59 +28,16 @@ from dogcat.verdict import (
     CAT,
     DOG,
     NEITHER,
-    TOO_SMALL,
     UNSURE,
     LooksLike,
     Prediction,
-    VerdictRules,
-    decide,
-    describe,
     hint,
 )
-from tests.helpers import DEV_PHOTOS, REAL_CAT, REAL_DOG, REPO
+from tests.helpers import DEV_PHOTOS, REPO, model_folder_copy
 
 SHIPPED = REPO / "models"
 EXAMPLES = REPO / "demos" / "examples"
 needs_shipped = pytest.mark.skipif(not (SHIPPED / DETECTOR_FILENAME).is_file(), reason="no shipped detector")
-
-
-# --- the decision -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("probabilities", "size", "is_neither", "expected"),
-    [
-        ({"cat": 0.9, "dog": 0.1}, (300, 200), False, CAT),
-        ({"cat": 0.2, "dog": 0.8}, (300, 200), False, DOG),
-        ({"cat": 0.9, "dog": 0.1}, (300, 200), None, CAT),  # no detector: cat/dog verdicts only
-        ({"cat": 0.9, "dog": 0.1}, (300, 200), True, NEITHER),
-        ({"cat": 0.55, "dog": 0.45}, (300, 200), False, UNSURE),
-        ({"cat": 0.9, "dog": 0.1}, (300, 20), False, TOO_SMALL),  # the shorter side decides
-        ({"cat": 0.9, "dog": 0.1}, (20, 20), True, TOO_SMALL),  # too small explains a thumbnail best
-    ],
-)
-def test_decide_gives_each_outcome_in_order(probabilities, size, is_neither, expected):
-    assert decide(probabilities, size, is_neither, VerdictRules(unsure_below=0.6, min_side=32)) == expected
-
-
-def test_describe_says_the_verdict_in_words():
-    rules = VerdictRules(unsure_below=0.6, min_side=32)
-    assert describe(NEITHER, {"cat": 0.9, "dog": 0.1}, (10, 10), rules) == "Neither a cat nor a dog"
-    assert describe(TOO_SMALL, {"cat": 0.9, "dog": 0.1}, (40, 20), rules) == (
-        "Too small to judge (40x20 px; needs 32 px on the shorter side)")
-    assert describe(UNSURE, {"cat": 0.45, "dog": 0.55}, (99, 99), rules) == "Not sure (maybe dog)"
-    assert describe(CAT, {"cat": 0.9, "dog": 0.1}, (99, 99), rules) == "Cat"
-
-
-def test_the_hint_says_what_it_looks_like_only_where_that_says_something():
-    tiger, dalmatian = LooksLike("tiger", 0.84), LooksLike("Dalmatian", 0.91, DOG)
-    assert hint(NEITHER, tiger) == "looks like a tiger (84%)"
-    assert hint(UNSURE, LooksLike("Egyptian cat", 0.4, CAT)) == "looks like an Egyptian cat (40%)"
-    assert hint(DOG, dalmatian) == "looks like a Dalmatian (91%)"
-    assert hint(CAT, dalmatian) is None  # a cat that "looks like a Dalmatian" would contradict the verdict
-    assert hint(DOG, LooksLike("pillow", 0.06)) is None
-    assert hint(TOO_SMALL, tiger) is None
-    assert hint(NEITHER, None) is None
 
 
 # --- the detector -----------------------------------------------------------------------------------
@@ -333,14 +289,6 @@ def test_a_stale_or_missing_detector_means_cat_dog_verdicts_and_a_warning(tiny_m
 # --- the shipped model and its detector, on real photos ------------------------------------------
 
 
-def _small(path, side: int) -> bytes:
-    image = Image.open(path)
-    image.thumbnail((side, side))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 @needs_shipped
 def test_shipped_detector_is_tied_to_the_shipped_model():
     detector, warning = detector_for(SHIPPED / "dog_cat_classifier.keras")
@@ -348,63 +296,7 @@ def test_shipped_detector_is_tied_to_the_shipped_model():
     assert detector.keras_sha256 == file_sha256(SHIPPED / "dog_cat_classifier.keras")
 
 
-@needs_shipped
-@pytest.mark.parametrize("runtime", ["onnx", "keras"])
-def test_a_verdict_for_each_outcome_on_real_photos(runtime):
-    """A cat, a dog, two photos of neither and a thumbnail, none of them training photos."""
-    classifier = Classifier.from_path(runtime=runtime)
-    assert classifier.verdict_warning is None
-    sources = [EXAMPLES / "cat-chelsea.jpg", EXAMPLES / "dog-darknet.jpg", EXAMPLES / "astronaut.jpg",
-               EXAMPLES / "rocket.jpg", _small(EXAMPLES / "cat-chelsea.jpg", 24)]
-    predictions = classifier.predict(sources)
-    assert [p.verdict for p in predictions] == [CAT, DOG, NEITHER, NEITHER, TOO_SMALL]
-    # The classifier alone calls the astronaut a cat: the verdict is the detector's doing.
-    assert predictions[2].label == "cat"
-    assert max(predictions[2].probabilities.values()) > 0.7
-    assert predictions[4].size == (24, 16)
-    assert predictions[4].text == "Too small to judge (24x16 px; needs 80 px on the shorter side)"
-    assert all(p.probabilities is not None for p in predictions)
-
-
-@needs_shipped
-@pytest.mark.shared_data
-def test_keras_and_onnx_give_the_same_verdicts_on_real_photos(shared_data):
-    """Kaggle photos (cats and dogs near and far from the threshold) and the examples of neither."""
-    paths = [shared_data / REAL_CAT, shared_data / REAL_DOG, *sorted(shared_data.glob("cat.1*.jpg"))[:40],
-             *sorted(shared_data.glob("dog.1*.jpg"))[:40], EXAMPLES / "astronaut.jpg", EXAMPLES / "rocket.jpg"]
-    onnx, keras_ = Classifier.from_path(runtime="onnx"), Classifier.from_path(runtime="keras")
-    by_onnx, by_keras = onnx.predict(paths), keras_.predict(paths)
-    assert [p.verdict for p in by_onnx] == [p.verdict for p in by_keras]
-    scores = [onnx.detector.scores(np.stack([p.features for p in ps])) for ps in (by_onnx, by_keras)]
-    np.testing.assert_allclose(scores[0], scores[1], atol=1e-4)
-    assert {p.verdict for p in by_onnx} >= {CAT, DOG, NEITHER}
-
-
 # --- the command line -------------------------------------------------------------------------------
-
-
-@needs_shipped
-def test_predict_json_and_csv_carry_the_verdict_and_size(capsys):
-    from dogcat.cli import main
-
-    photos = [str(EXAMPLES / "astronaut.jpg"), str(EXAMPLES / "cat-chelsea.jpg")]
-    assert main(["predict", "--json", *photos]) == 0
-    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert [(r["verdict"], r["label"]) for r in rows] == [(NEITHER, "cat"), (CAT, "cat")]
-    assert (rows[1]["width"], rows[1]["height"]) == (451, 300)
-    assert rows[1]["looks_like_group"] == "house_cat"  # Chelsea is a tabby: ImageNet names a domestic cat
-    assert rows[0]["looks_like_group"] not in ("house_cat", "dog")
-    assert all(r["looks_like"] and r["looks_like_id"].startswith("n") for r in rows)  # a WordNet id: n02123045
-    assert rows[1]["reason"].startswith("looks like a ")
-    assert rows[0]["reason"].startswith("looks like")
-    assert all(0 < r["p_looks_like"] < 1 for r in rows)
-    assert main(["predict", "--csv", *photos]) == 0
-    lines = list(csv.DictReader(capsys.readouterr().out.splitlines()))
-    assert [line["verdict"] for line in lines] == [NEITHER, CAT]
-    for line, row in zip(lines, rows, strict=True):
-        assert (line["looks_like"], line["looks_like_id"], line["looks_like_group"], line["reason"]) == (
-            row["looks_like"], row["looks_like_id"], row["looks_like_group"], row["reason"])
-        assert float(line["p_looks_like"]) == pytest.approx(row["p_looks_like"], abs=1e-6)
 
 
 def test_detector_fit_command_ties_a_detector_to_the_model(tiny_model_dir, tiny_dataset, tmp_path, capsys):
@@ -483,15 +375,9 @@ def test_a_dog_unlike_the_training_photos_is_a_dog_and_a_tiger_is_neither(runtim
     assert classifier.predict([RESCUED_DOG])[0].verdict == UNSURE
 
 
-def _model_folder_copy(tmp_path):
-    folder = tmp_path / "model"
-    shutil.copytree(SHIPPED, folder, ignore=shutil.ignore_patterns("*.png", "*.md", "*.int8.onnx"))
-    return folder, folder / "dog_cat_classifier.keras"
-
-
 @needs_shipped
 def test_a_different_imagenet_head_is_refused_by_its_hash_with_one_warning(tmp_path):
-    folder, model = _model_folder_copy(tmp_path)
+    folder, model = model_folder_copy(tmp_path)
     with np.load(folder / IMAGENET_HEAD_FILENAME, allow_pickle=False) as archive:
         arrays = dict(archive)
     arrays["bias"] = arrays["bias"] + 1  # still a valid head file, not the one the detector was fitted with
@@ -510,7 +396,7 @@ def test_a_different_imagenet_head_is_refused_by_its_hash_with_one_warning(tmp_p
 def test_a_missing_imagenet_head_means_distance_alone_and_one_warning(tmp_path, monkeypatch):
     import dogcat.model_folder
 
-    folder, model = _model_folder_copy(tmp_path)
+    folder, model = model_folder_copy(tmp_path)
     (folder / IMAGENET_HEAD_FILENAME).unlink()
     monkeypatch.setattr(dogcat.model_folder, "bundled_file", lambda *_: None)  # no shipped one either
     classifier = Classifier.from_path(model)
@@ -518,20 +404,6 @@ def test_a_missing_imagenet_head_means_distance_alone_and_one_warning(tmp_path, 
     assert classifier.verdict_warning.startswith(f"ImageNet head file not found. Received: path='{folder / IMAGENET_HEAD_FILENAME}'")
     assert "\n" not in classifier.verdict_warning
     assert classifier.predict([EXAMPLES / "cat-chelsea.jpg"])[0].verdict == CAT
-
-
-@needs_shipped
-def test_the_models_saved_predict_settings_drive_its_verdicts(tmp_path):
-    """[predict] in the config.toml saved with a run: a stricter threshold makes the model unsure."""
-    folder, model = _model_folder_copy(tmp_path)
-    config = (folder / "config.toml").read_text()
-    before, after = config.split("[predict]")
-    after = after.replace("threshold = 0.6", "threshold = 0.999").replace("batch_size = 32", "batch_size = 3")
-    (folder / "config.toml").write_text(f"{before}[predict]\nmin_side = 500{after}")
-    classifier = Classifier.from_path(model)
-    assert (classifier.rules, classifier.batch_size) == (VerdictRules(unsure_below=0.999, min_side=500), 3)
-    assert classifier.predict([EXAMPLES / "cat-chelsea.jpg"])[0].verdict == TOO_SMALL  # 451x300, under 500
-    assert Classifier.from_path().rules == VerdictRules(unsure_below=0.6, min_side=80)
 
 
 def test_the_docs_describe_the_detector_in_its_own_words():
