@@ -152,17 +152,17 @@ MUTATIONS = [
     Mutation(
         "space build deletes through a symlink its marker leads to", "dogcat/space.py",
         "    for name in previous:\n        _refuse_symlinks(out, name)\n", "",
-        ("tests/test_space_build.py::test_a_marker_entry_through_a_symlinked_folder_deletes_nothing_outside",),
+        ("tests/test_space.py::test_a_marker_entry_through_a_symlinked_folder_deletes_nothing_outside",),
     ),
     Mutation(
         "space build writes through a symlinked folder", "dogcat/space.py",
         "        for name in written:\n            _refuse_symlinks(out, name)\n", "",
-        ("tests/test_space_build.py::test_a_symlinked_folder_the_build_writes_into_is_refused[outside-unlisted]",),
+        ("tests/test_space.py::test_a_symlinked_folder_the_build_writes_into_is_refused[outside-unlisted]",),
     ),
     Mutation(
         "space build follows a symlink that stays inside the Space", "dogcat/space.py",
         "        if path.is_symlink():\n", "        if False:\n",
-        ("tests/test_space_build.py::test_a_symlinked_folder_the_build_writes_into_is_refused[inside-listed]",),
+        ("tests/test_space.py::test_a_symlinked_folder_the_build_writes_into_is_refused[inside-listed]",),
     ),
     Mutation(
         "neither decided before too_small", "dogcat/verdict.py",
