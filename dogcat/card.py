@@ -22,7 +22,7 @@ from dogcat.config import Config, ConfigError, load_config
 from dogcat.detector import DESCRIPTION
 from dogcat.model_folder import ModelFolder
 
-# The card's Python example, run as it is against a served Space by the tests (test_gradio.py):
+# The card's Python example, run as it is against a served Space by the tests (test_space.py):
 # it must unpack exactly the outputs demos/gradio_app.py's /predict returns.
 PREDICT_SNIPPET = """from gradio_client import Client, handle_file
 

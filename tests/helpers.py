@@ -70,3 +70,36 @@ def model_folder_copy(tmp_path):
     folder = tmp_path / "model"
     shutil.copytree(REPO / "models", folder, ignore=shutil.ignore_patterns("*.png", "*.md", "*.int8.onnx"))
     return folder, folder / "dog_cat_classifier.keras"
+
+
+# --- Gradio servers under test (the demo and the built Space) --------------------------------------
+
+SERVER_START_TIMEOUT = 120  # seconds; the server is usually up in 6-10 s here
+
+
+def assert_one_clean_line(message: str, folder: Path) -> None:
+    assert "\n" not in message
+    assert "Traceback" not in message
+    assert str(folder) not in message  # the server's upload folder is not the user's business
+
+
+def gradio_server_env(port: int, keep_backend: bool = False) -> dict[str, str]:
+    """The environment of a server under test: a Space has no $DOGCAT_MODEL nor $KERAS_BACKEND (so TensorFlow)."""
+    dropped = ("DOGCAT_MODEL", "PYTHONPATH") + (() if keep_backend else ("KERAS_BACKEND",))
+    env = {k: v for k, v in os.environ.items() if k not in dropped}
+    env.update(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
+               HF_HUB_OFFLINE="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+    return env
+
+
+def label_probabilities(result: dict) -> dict[str, float]:
+    """gr.Label's API value -> {label: probability}."""
+    return {item["label"]: item["confidence"] for item in result["confidences"]}
+
+
+def classify_by_api(client, path: Path, explain: bool = False) -> tuple[str, str, dict[str, float], str | None]:
+    """(the verdict in words, the top class, the probabilities, the overlay's local file or None) from /predict."""
+    import gradio_client
+
+    verdict, result, _, looked = client.predict(gradio_client.handle_file(str(path)), explain, api_name="/predict")
+    return verdict["label"], result["label"], label_probabilities(result), looked

@@ -146,7 +146,7 @@ MUTATIONS = [
     Mutation(
         "the Gradio verdict without what it looks like", "demos/gradio_app.py",
         "    return result.sentence, result.probabilities, record, looked", "    return result.text, result.probabilities, record, looked",
-        ("tests/test_gradio.py::test_space_of_an_exported_model_runs_without_keras_or_tensorflow",),
+        ("tests/test_space.py::test_space_of_an_exported_model_runs_without_keras_or_tensorflow",),
     ),
     # dogcat space build: a cloned Space's symlinks are never followed.
     Mutation(
@@ -384,7 +384,7 @@ MUTATIONS = [
     Mutation(
         "the Space card's snippet unpacks two outputs", "dogcat/card.py",
         "verdict, probabilities, result, heatmap = client.predict(", "verdict, probabilities = client.predict(",
-        ("tests/test_gradio.py::test_the_cards_python_example_runs_against_the_served_space",),
+        ("tests/test_space.py::test_the_cards_python_example_runs_against_the_served_space",),
     ),
     Mutation(
         "the Gradio probabilities keep a heading of their own", "demos/gradio_app.py",

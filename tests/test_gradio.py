@@ -1,7 +1,7 @@
-"""The Gradio demo (demos/gradio_app.py) and the Hugging Face Space that `dogcat space build` writes.
+"""The Gradio demo (demos/gradio_app.py) and `dogcat demo`.
 
-In-process tests load the app with a tiny untrained model; the slow tests build a real Space with
-the shipped model, start its app.py as a server on 127.0.0.1 and talk to it with gradio_client.
+In-process tests load the app with a tiny untrained model; the slow tests start `dogcat demo` as a
+server on 127.0.0.1 and talk to it with gradio_client. The Space that serves this app is test_space.py's.
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from __future__ import annotations
 import gc
 import importlib.util
 import io
-import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,21 +18,21 @@ from PIL import Image
 
 gr = pytest.importorskip("gradio")
 gradio_client = pytest.importorskip("gradio_client")
-yaml = pytest.importorskip("yaml")  # a Gradio dependency; parses the Space's front matter
 
-from dogcat.artifacts import CLASS_NAMES_FILENAME, MODEL_FILENAME  # noqa: E402
+from dogcat.artifacts import MODEL_FILENAME  # noqa: E402
 from dogcat.detector import DESCRIPTION  # noqa: E402
-from dogcat.space import NOT_VENDORED, ONNX_REQUIREMENTS, REQUIREMENTS, SpaceError, build_space  # noqa: E402
 from dogcat.verdict import row_columns  # noqa: E402
-from tests.helpers import REAL_CAT, REAL_DOG, REPO, drawn_photo  # noqa: E402
+from tests.helpers import (  # noqa: E402
+    REPO,
+    SERVER_START_TIMEOUT,
+    assert_one_clean_line,
+    classify_by_api,
+    drawn_photo,
+    gradio_server_env,
+)
 from tests.servers import free_port, serving  # noqa: E402
 
 APP_FILE = REPO / "demos" / "gradio_app.py"
-SERVER_START_TIMEOUT = 120  # seconds; the server is usually up in 6-10 s here
-# The Space pins tensorflow-cpu to the installed version, so it is built (and served) only where
-# TensorFlow is installed; the app itself runs on any Keras backend.
-needs_tensorflow = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None,
-                                      reason="the Space pins tensorflow-cpu: TensorFlow is not installed")
 
 
 def _load_app(model_dir: Path):
@@ -63,12 +61,6 @@ def app(tiny_model_dir):
 def _upload(path: Path) -> dict:
     """What Gradio hands the predict function for an upload (preprocess=False): a file-data dict."""
     return {"path": str(path), "orig_name": path.name, "meta": {"_type": "gradio.FileData"}}
-
-
-def _assert_one_clean_line(message: str, folder: Path) -> None:
-    assert "\n" not in message
-    assert "Traceback" not in message
-    assert str(folder) not in message  # the server's upload folder is not the user's business
 
 
 # --- the app, in process ---------------------------------------------------------------------------
@@ -124,7 +116,7 @@ def test_bad_upload_is_a_one_line_gradio_error(app, tmp_path, content, reason):
     with pytest.raises(gr.Error) as caught:
         app.predict(_upload(path))
     assert caught.value.message.startswith(f"Cannot read upload.jpg: {reason}")
-    _assert_one_clean_line(caught.value.message, tmp_path)
+    assert_one_clean_line(caught.value.message, tmp_path)
 
 
 def test_a_phone_photo_chosen_by_file_is_shown_upright_and_classified_as_its_own_pixels(app, tmp_path):
@@ -149,7 +141,7 @@ def test_a_phone_photo_chosen_by_file_is_shown_upright_and_classified_as_its_own
     broken.write_bytes(phone.read_bytes()[:60])
     _, message, *_ = app.from_file(_upload(broken))
     assert message.startswith("Cannot read IMG_0043.HEIC: "), message
-    _assert_one_clean_line(message, upload)
+    assert_one_clean_line(message, upload)
 
 
 @pytest.mark.parametrize("upload", [None, {"path": None, "orig_name": "x.jpg"}])
@@ -255,277 +247,6 @@ def test_every_example_is_readable_and_licensed(app):
         assert sum(app.predict(str(path))[1].values()) == pytest.approx(1.0, abs=1e-5)
 
 
-# --- building the Space -------------------------------------------------------------------------
-
-
-@pytest.fixture
-def measured_model(tmp_path, tiny_model_dir):
-    """The tiny model with a test_metrics.json of made-up numbers: the card must show these."""
-    import json
-
-    folder = tmp_path / "run"
-    folder.mkdir()
-    for name in (MODEL_FILENAME, CLASS_NAMES_FILENAME):
-        (folder / name).write_bytes((tiny_model_dir / name).read_bytes())
-    metrics = {"count": 16, "accuracy": 0.8125, "log_loss": 0.4321, "class_names": ["cat", "dog"],
-               "per_class": {"cat": {"precision": 0.75, "recall": 0.875}, "dog": {"precision": 0.857, "recall": 0.75}},
-               "confusion_matrix": [[7, 1], [2, 6]]}
-    (folder / "test_metrics.json").write_text(json.dumps(metrics))
-    return folder
-
-
-def _front_matter(readme: str) -> dict:
-    assert readme.startswith("---\n")
-    return yaml.safe_load(readme.split("---\n")[1])
-
-
-@needs_tensorflow
-def test_space_folder_has_everything_a_gradio_space_needs(tmp_path, measured_model):
-    import importlib.metadata
-
-    out = build_space(tmp_path / "space", measured_model)
-    assert (out / "app.py").read_bytes() == APP_FILE.read_bytes()  # one app, not two
-    readme = (out / "README.md").read_text(encoding="utf-8")
-    front = _front_matter(readme)
-    assert front["sdk"] == "gradio"
-    assert front["sdk_version"] == gr.__version__
-    assert front["app_file"] == "app.py"
-    assert front["python_version"] == f"{sys.version_info.major}.{sys.version_info.minor}"
-    for key in ("title", "emoji", "colorFrom", "colorTo", "license", "short_description"):
-        assert front[key], key
-    assert len(front["short_description"]) <= 60  # the Hub's limit
-    # The card's numbers come from the model's test_metrics.json.
-    assert "**0.8125** (13 / 16)" in readme
-    assert "0.4321" in readme
-    assert "+/-19.1 percentage points" in readme  # 1.96 * sqrt(0.8125 * 0.1875 / 16)
-    assert "cat or dog for **any** image" in readme
-    assert ".onnx" not in readme  # this model has no export: the Space serves the .keras file
-
-    pins = dict(line.split("==") for line in (out / "requirements.txt").read_text().split())
-    assert list(pins) == list(REQUIREMENTS)
-    assert "tensorflow" not in pins  # CPU-only wheel
-    for name, pinned in pins.items():
-        assert pinned == importlib.metadata.version(name), name
-
-    source = REPO / "dogcat"
-    vendored = {p.relative_to(out / "dogcat") for p in (out / "dogcat").rglob("*") if p.is_file()}
-    # the modules and their data (the ImageNet groups table the detector reads)
-    assert vendored == {p.relative_to(source) for pattern in ("*.py", "*.tsv") for p in source.glob(pattern)}
-    assert not any(part in NOT_VENDORED for p in vendored for part in p.parts)
-    assert (out / "models" / MODEL_FILENAME).read_bytes() == (measured_model / MODEL_FILENAME).read_bytes()
-    assert (out / "models" / CLASS_NAMES_FILENAME).is_file()
-    assert {p.name for p in (out / "examples").iterdir()} == {p.name for p in (APP_FILE.parent / "examples").iterdir()}
-    rules = (out / ".gitattributes").read_text()
-    assert "*.keras filter=lfs" in rules
-    assert "*.npz filter=lfs" in rules  # the detector and the ImageNet head: the Hub refuses binaries outside LFS
-
-
-def test_card_recipe_is_read_from_the_models_config(space):
-    from dogcat.config import load_config
-
-    config = load_config(REPO / "models" / "config.toml")
-    readme = (space / "README.md").read_text(encoding="utf-8")
-    assert f"up to {config.train.epochs} epochs in all; batch {config.train.batch_size}" in readme
-    assert f"Input {config.data.image_size} px" in readme
-
-
-def test_space_of_an_exported_model_runs_without_keras_or_tensorflow(space):
-    """The shipped model has a matching ONNX twin, so its Space installs and imports no TensorFlow."""
-    pins = dict(line.split("==") for line in (space / "requirements.txt").read_text().split())
-    assert list(pins) == list(ONNX_REQUIREMENTS)
-    assert (space / "models" / "dog_cat_classifier.onnx").is_file()
-    assert (space / "models" / "dog_cat_detector.npz").is_file()
-    readme = (space / "README.md").read_text(encoding="utf-8")  # the card names what serves, and the detector
-    assert "- `models/dog_cat_classifier.onnx` (" in readme
-    assert "what the app serves, with ONNX Runtime" in readme
-    assert "- `models/dog_cat_detector.npz`: the \"neither\" detector" in readme
-    assert DESCRIPTION in readme  # the one description of the detector, as the apps give it
-    assert (space / "models" / "imagenet_head.npz").is_file()  # what the detector reads
-    # Import the app with keras and tensorflow made unimportable: it must build and answer.
-    probe = (
-        "import sys; sys.modules.update(keras=None, tensorflow=None); import runpy; "
-        "app = runpy.run_path('app.py', run_name='space_probe'); "
-        "print(app['CLASSIFIER'].runtime, app['CLASSIFIER'].verdict_warning, "
-        "[app['predict'](f'examples/{name}')[0] for name in ('cat-chelsea.jpg', 'astronaut.jpg')])"
-    )
-    result = subprocess.run([sys.executable, "-c", probe], cwd=space, env=_space_env(0),
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    # The detector reads the ONNX twin's features: verdicts without Keras.
-    runtime, warning, verdicts = result.stdout.strip().splitlines()[-1].split(" ", 2)
-    assert (runtime, warning) == ("onnx", "None")
-    assert re.fullmatch(r"\['Cat: looks like an? [^']+ cat \(\d+%\)', 'Neither a cat nor a dog: looks like an? [^']+ \(\d+%\)'\]",
-                        verdicts), verdicts
-
-
-@needs_tensorflow
-def test_card_says_when_nothing_was_measured(tmp_path, tiny_model_dir):
-    readme = (build_space(tmp_path / "space", tiny_model_dir) / "README.md").read_text(encoding="utf-8")
-    assert "Not measured: no `test_metrics.json`" in readme
-    assert "accuracy (" not in readme
-
-
-@needs_tensorflow
-def test_rebuilding_into_a_clone_of_the_space_keeps_its_other_files(tmp_path, tiny_model_dir):
-    import json
-
-    out = tmp_path / "clone"
-    (out / ".git").mkdir(parents=True)
-    (out / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
-    (out / ".gitattributes").write_text("*.pkl filter=lfs diff=lfs merge=lfs -text\n")
-    build_space(out, tiny_model_dir)
-    (out / "notes.txt").write_text("mine")  # the user's, added after the first build
-    marker = json.loads((out / ".dogcat-space.json").read_text())
-    (out / "dogcat" / "stale.py").write_text("# from an older build")  # as if an older build wrote it
-    (out / ".dogcat-space.json").write_text(json.dumps({"files": [*marker["files"], "dogcat/stale.py"]}))
-    build_space(out, tiny_model_dir)
-    build_space(out, tiny_model_dir)  # twice: idempotent
-    assert (out / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"
-    assert (out / "notes.txt").read_text() == "mine"
-    assert not (out / "dogcat" / "stale.py").exists()
-    rules = (out / ".gitattributes").read_text().splitlines()
-    assert rules.count("*.pkl filter=lfs diff=lfs merge=lfs -text") == 1
-    assert "*.keras filter=lfs diff=lfs merge=lfs -text" in rules
-    assert not [p for p in out.iterdir() if p.name.startswith(".dogcat-space-")]  # no staging left
-
-
-def test_refuses_to_build_over_the_source_tree(tiny_model_dir):
-    with pytest.raises(SpaceError, match="source tree"):
-        build_space(REPO, tiny_model_dir)
-
-
-@needs_tensorflow
-def test_cli_space_build_and_a_missing_model(tmp_path, tiny_model_dir, capsys):
-    from dogcat.cli import main
-
-    assert main(["space", "build", str(tmp_path / "s"), "--model", str(tiny_model_dir)]) == 0
-    assert (tmp_path / "s" / "app.py").is_file()
-    assert "hf upload" in capsys.readouterr().out
-    assert main(["space", "build", str(tmp_path / "t"), "--model", str(tmp_path / "nope.keras")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("dogcat: error: ")
-    assert len(err.strip().splitlines()) == 1
-
-
-# --- the built Space, served: a real server and a real client -------------------------------------
-
-
-def _space_env(port: int, keep_backend: bool = False) -> dict[str, str]:
-    """The environment of a server under test: a Space has no $DOGCAT_MODEL nor $KERAS_BACKEND (so TensorFlow)."""
-    dropped = ("DOGCAT_MODEL", "PYTHONPATH") + (() if keep_backend else ("KERAS_BACKEND",))
-    env = {k: v for k, v in os.environ.items() if k not in dropped}
-    env.update(GRADIO_SERVER_NAME="127.0.0.1", GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
-               HF_HUB_OFFLINE="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
-    return env
-
-
-@pytest.fixture(scope="module")
-def space(tmp_path_factory) -> Path:
-    """A Space built with the shipped model, as a user would push it."""
-    return build_space(tmp_path_factory.mktemp("space") / "out")
-
-
-@pytest.fixture(scope="module")
-def space_client(space, tmp_path_factory):
-    """`python app.py` in the Space folder, serving on 127.0.0.1:<free port>; always stopped."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("space_log") / "server.log"
-    with serving([sys.executable, "app.py"], f"{url}/gradio_api/info", log, SERVER_START_TIMEOUT,
-                 cwd=space, env=_space_env(port)):
-        yield gradio_client.Client(url, verbose=False)
-
-
-def _probabilities(result: dict) -> dict[str, float]:
-    """gr.Label's API value -> {label: probability}."""
-    return {item["label"]: item["confidence"] for item in result["confidences"]}
-
-
-def _classify(client, path: Path, explain: bool = False) -> tuple[str, str, dict[str, float], str | None]:
-    """(the verdict in words, the top class, the probabilities, the overlay's local file or None) from /predict."""
-    verdict, result, _, looked = client.predict(gradio_client.handle_file(str(path)), explain, api_name="/predict")
-    return verdict["label"], result["label"], _probabilities(result), looked
-
-
-@pytest.mark.slow
-@needs_tensorflow
-def test_the_cards_python_example_runs_against_the_served_space(space, space_client):
-    """The README's snippet, as it is, with only the Space's address and a photo filled in."""
-    readme = (space / "README.md").read_text(encoding="utf-8")
-    snippet = readme.split("## Use it from Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
-    assert '"USER/SPACE"' in snippet
-    assert 'handle_file("photo.jpg")' in snippet
-    rocket = space / "examples" / "rocket.jpg"
-    code = snippet.replace('"USER/SPACE"', repr(space_client.src)).replace('"photo.jpg"', repr(str(rocket)))
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    printed = result.stdout.splitlines()[-2:]  # after gradio_client's own "Loaded as API: ..."
-    verdict, seen = printed[0].split(" ", 1)
-    looks_like, probability = seen.rsplit(" ", 1)
-    assert verdict == "neither"
-    assert looks_like  # ImageNet's top class, by its everyday name: "sports car"
-    assert 0 < float(probability) < 1
-    assert printed[1].startswith("Neither a cat nor a dog: looks like ")
-
-
-@pytest.mark.slow
-@needs_tensorflow
-def test_space_imports_its_vendored_package(space):
-    probe = subprocess.run([sys.executable, "-c", "import dogcat; print(dogcat.__file__)"], cwd=space,
-                           env=_space_env(0), capture_output=True, text=True, check=True, timeout=60)
-    assert Path(probe.stdout.strip()) == space / "dogcat" / "__init__.py"
-
-
-@pytest.mark.slow
-@needs_tensorflow
-def test_space_classifies_the_example_cat_and_refuses_a_corrupt_file(space, space_client, tmp_path):
-    from PIL import Image
-
-    cat = space / "examples" / "cat-chelsea.jpg"
-    verdict, label, probabilities, looked = _classify(space_client, cat, explain=True)
-    assert (verdict.split(":")[0], label) == ("Cat", "cat")
-    assert verdict.startswith("Cat: looks like ")
-    assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
-    with Image.open(looked) as shown, Image.open(cat) as photo:
-        assert shown.size == photo.size  # the ONNX-only Space draws the heatmap too
-    verdict, label, _, looked = _classify(space_client, space / "examples" / "rocket.jpg")
-    assert verdict.startswith("Neither a cat nor a dog: looks like ")
-    assert looked is None
-
-    corrupt = tmp_path / "corrupt.jpg"
-    corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not really a JPEG")
-    with pytest.raises(gradio_client.exceptions.AppError) as caught:
-        _classify(space_client, corrupt)
-    message = str(caught.value)
-    assert message.startswith("Cannot read corrupt.jpg: ")
-    _assert_one_clean_line(message, tmp_path)
-
-
-@pytest.mark.slow
-@pytest.mark.shared_data
-@needs_tensorflow
-def test_space_classifies_real_photos_one_by_one_and_twenty_at_once(space_client, shared_data):
-    photos = {"cat": shared_data / REAL_CAT, "dog": shared_data / REAL_DOG}
-    answers = {}
-    for truth, path in photos.items():
-        verdict, label, probabilities, _ = _classify(space_client, path)
-        assert verdict.split(": looks like ")[0] == truth.capitalize()  # and, for a breed, what it looks like
-        assert label == truth
-        assert set(probabilities) == {"cat", "dog"}
-        assert probabilities[truth] > 0.9
-        assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
-        answers[truth] = probabilities
-
-    # 20 requests in flight together, cats and dogs interleaved: each must get its own answer.
-    truths = ["cat", "dog"] * 10
-    jobs = [space_client.submit(gradio_client.handle_file(str(photos[t])), api_name="/predict") for t in truths]
-    results = [job.result(timeout=120) for job in jobs]  # all were submitted before the first is awaited
-    assert [r[1]["label"] for r in results] == truths
-    for truth, result in zip(truths, results, strict=True):
-        for name, p in _probabilities(result[1]).items():
-            assert p == pytest.approx(answers[truth][name], abs=1e-5)
-
-
 # --- `dogcat demo` -------------------------------------------------------------------------------
 
 
@@ -550,7 +271,7 @@ def demo_url(tiny_model_dir, tmp_path_factory):
     command = [sys.executable, "-m", "dogcat", "demo", "--host", "127.0.0.1", "--port", str(port),
                "--model", str(tiny_model_dir / MODEL_FILENAME)]
     with serving(command, f"{url}/gradio_api/info", folder / "demo.log", SERVER_START_TIMEOUT,
-                 cwd=folder, env=_space_env(port, keep_backend=True)):
+                 cwd=folder, env=gradio_server_env(port, keep_backend=True)):
         DEMO_LOGS[url] = folder / "demo.log"  # what the console showed, for the test that reads it
         yield url
 
@@ -559,7 +280,7 @@ def demo_url(tiny_model_dir, tmp_path_factory):
 def test_cli_demo_serves_the_app(demo_url, tmp_path):
     photo = tmp_path / "drawn.png"
     drawn_photo("cat", 5, size=64).save(photo)
-    _, label, probabilities, _ = _classify(gradio_client.Client(demo_url, verbose=False), photo)
+    _, label, probabilities, _ = classify_by_api(gradio_client.Client(demo_url, verbose=False), photo)
     assert set(probabilities) == {"cat", "dog"}
     assert label == max(probabilities, key=probabilities.get)
     assert sum(probabilities.values()) == pytest.approx(1.0, abs=1e-5)
@@ -581,7 +302,7 @@ def test_twenty_clients_asking_for_the_same_examples_overlay_all_get_it(demo_url
         client = gradio_client.Client(demo_url, verbose=False)
         sizes = []
         for _ in range(5):
-            looked = _classify(client, example, explain=True)[3]
+            looked = classify_by_api(client, example, explain=True)[3]
             with Image.open(looked) as image:
                 image.load()  # the whole PNG arrived
                 sizes.append(image.size)
