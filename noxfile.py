@@ -43,7 +43,7 @@ def bulk(session: nox.Session) -> None:
     cluster the tests start; ONNX Runtime only, so no Keras backend is installed."""
     # Only its own file: the rest of the suite imports Keras, which has no backend here.
     # moto's S3 server stands in for a bucket (the s3:// test), on 127.0.0.1.
-    _install_and_test(session, "ray,serve", {}, "tests/test_bulk.py", "tests/test_serve.py", "-m", "bulk", extra_packages=("moto[server]>=5",))
+    _install_and_test(session, "ray,serve", {}, "tests/test_batch.py", "tests/test_serve.py", "-m", "bulk", extra_packages=("moto[server]>=5",))
 
 
 @nox.session

@@ -35,7 +35,7 @@ MUTATIONS = [
     Mutation(
         "batch leaves a refused token to ray.init", "dogcat/batch.py",
         "    check_token(address)\n", "\n",
-        ("tests/test_bulk.py::test_a_client_the_cluster_refuses_is_one_line_naming_the_fix",),
+        ("tests/test_batch.py::test_a_client_the_cluster_refuses_is_one_line_naming_the_fix",),
     ),
     Mutation(
         "data prepare decodes every file", "dogcat/data.py",
@@ -125,7 +125,7 @@ MUTATIONS = [
         "predict --csv's and batch's rows leave looks_like empty", "dogcat/verdict.py",
         "\"looks_like\": seen and seen.name,", "\"looks_like\": None,",
         ("tests/test_verdict.py::test_predict_json_and_csv_carry_the_verdict_and_size",
-         "tests/test_bulk.py::test_batch_on_a_cluster_gives_predicts_rows_and_an_error_row_per_bad_file"),
+         "tests/test_batch.py::test_batch_on_a_cluster_gives_predicts_rows_and_an_error_row_per_bad_file"),
     ),
     Mutation(
         "a model's saved [predict] settings ignored", "dogcat/inference.py",
@@ -317,23 +317,23 @@ MUTATIONS = [
         "int8 re-scores no unsure photo in float32", "dogcat/inference.py",
         "doubted = scores.probabilities.max(axis=1) < runtimes.INT8_RECHECK_BELOW",
         "doubted = scores.probabilities.max(axis=1) < 0",
-        ("tests/test_bulk.py::test_int8_keeps_float32s_labels_accuracy_and_log_loss_on_real_photos",),
+        ("tests/test_batch.py::test_int8_keeps_float32s_labels_accuracy_and_log_loss_on_real_photos",),
     ),
     Mutation(
         "int8's 'neither' is not judged again on float32's features", "dogcat/inference.py",
         "        if judged is not None:\n            doubted", "        if False:\n            doubted",
-        ("tests/test_bulk.py::test_int8_keeps_float32s_labels_accuracy_and_log_loss_on_real_photos",),
+        ("tests/test_batch.py::test_int8_keeps_float32s_labels_accuracy_and_log_loss_on_real_photos",),
     ),
     Mutation(
         "batch re-runs files already in the output", "dogcat/batch.py",
         "todo = [path for path in found if printable(path) not in done]", "todo = found",
-        ("tests/test_bulk.py::test_batch_rerun_skips_done_files_and_sets_aside_a_cut_short_file",),
+        ("tests/test_batch.py::test_batch_rerun_skips_done_files_and_sets_aside_a_cut_short_file",),
     ),
     Mutation(
         "batch drops the rows of unreadable files", "dogcat/batch.py",
         "        predictions = self.classifier.classify_decoded(*decode_files(batch, self.image_size))\n",
         "        predictions = [p for p in self.classifier.classify_decoded(*decode_files(batch, self.image_size)) if not p.error]\n",
-        ("tests/test_bulk.py::test_batch_on_a_cluster_gives_predicts_rows_and_an_error_row_per_bad_file",),
+        ("tests/test_batch.py::test_batch_on_a_cluster_gives_predicts_rows_and_an_error_row_per_bad_file",),
     ),
     Mutation(
         "auto falls back to Keras without a word", "dogcat/inference.py",
@@ -484,18 +484,18 @@ MUTATIONS = [
     Mutation(
         "batch reads s3:// URIs as local paths", "dogcat/batch.py",
         "        source = _read_uri(file) if _is_uri(file) else file\n", "        source = file\n",
-        ("tests/test_bulk.py::test_the_readmes_s3_example_reads_and_writes_a_bucket_resumes_and_retries",),
+        ("tests/test_batch.py::test_the_readmes_s3_example_reads_and_writes_a_bucket_resumes_and_retries",),
     ),
     Mutation(
         "a pool that ignores the CPU count: one whole-CPU actor per node", "dogcat/batch.py",
         "        return Plan(sum(max(1, int(c / unit)) for c in cpus), round(unit * SCORING_SHARE, 3), write_cpus, 1)",
         "        return Plan(len(cpus), 1.0, write_cpus, 1)",
-        ("tests/test_bulk.py::test_the_plan_gives_every_cpu_an_actor_and_leaves_room_to_write_whatever_the_nodes_size",),
+        ("tests/test_batch.py::test_the_plan_gives_every_cpu_an_actor_and_leaves_room_to_write_whatever_the_nodes_size",),
     ),
     Mutation(
         "ONNX Runtime on every core in each actor", "dogcat/runtimes.py",
         "        options.intra_op_num_threads = threads\n", "",
-        ("tests/test_bulk.py::test_an_actor_runs_onnx_runtime_on_the_threads_it_was_given",),
+        ("tests/test_batch.py::test_an_actor_runs_onnx_runtime_on_the_threads_it_was_given",),
     ),
     Mutation(
         "a retry that duplicates rows", "dogcat/batch.py",
@@ -503,22 +503,22 @@ MUTATIONS = [
         "    retried = sum(bool(e) for _, errors in _output_files(out_dir, log).values() for e in errors) if retry_errors else 0\n"
         "    done = {p for rows, errors in _output_files(out_dir, log).values() for p, e in zip(rows, errors)\n"
         "            if not (e and retry_errors)}\n",
-        ("tests/test_bulk.py::test_retry_errors_classifies_error_rows_again_and_keeps_one_row_per_file",),
+        ("tests/test_batch.py::test_retry_errors_classifies_error_rows_again_and_keeps_one_row_per_file",),
     ),
     Mutation(
         "a mistyped folder left for the job to find", "dogcat/batch.py",
         "    if missing:\n        raise DataError(", "    if False:\n        raise DataError(",
-        ("tests/test_bulk.py::test_a_mistyped_folder_or_an_unreachable_cluster_is_one_line_before_ray_starts",),
+        ("tests/test_batch.py::test_a_mistyped_folder_or_an_unreachable_cluster_is_one_line_before_ray_starts",),
     ),
     Mutation(
         "an unreachable --address left to Ray's retries", "dogcat/batch.py",
         "    if address:\n        check_address(address)\n", "",
-        ("tests/test_bulk.py::test_a_mistyped_folder_or_an_unreachable_cluster_is_one_line_before_ray_starts",),
+        ("tests/test_batch.py::test_a_mistyped_folder_or_an_unreachable_cluster_is_one_line_before_ray_starts",),
     ),
     Mutation(
         "one actor for the whole cluster", "dogcat/batch.py",
         "max_size=plan.actors, initial_size=plan.actors,", "max_size=1, initial_size=1,",
-        ("tests/test_bulk.py::test_batch_on_two_one_cpu_nodes_scores_on_both_and_gives_predicts_rows",),
+        ("tests/test_batch.py::test_batch_on_two_one_cpu_nodes_scores_on_both_and_gives_predicts_rows",),
     ),
     Mutation(
         "the Streamlit uploader takes JPEG and PNG only", "demos/streamlit_app.py",
