@@ -41,9 +41,9 @@ def portability(session: nox.Session) -> None:
 def bulk(session: nox.Session) -> None:
     """Bulk work (the ray extra): the int8 twin's contract on real photos and `dogcat batch` on a Ray
     cluster the tests start; ONNX Runtime only, so no Keras backend is installed."""
-    # Only its own file: the rest of the suite imports Keras, which has no backend here.
+    # Only its own files: the rest of the suite imports Keras, which has no backend here.
     # moto's S3 server stands in for a bucket (the s3:// test), on 127.0.0.1.
-    _install_and_test(session, "ray,serve", {}, "tests/test_batch.py", "tests/test_serve.py", "-m", "bulk", extra_packages=("moto[server]>=5",))
+    _install_and_test(session, "ray,serve", {}, "tests/test_int8.py", "tests/test_batch.py", "tests/test_serve.py", "-m", "bulk", extra_packages=("moto[server]>=5",))
 
 
 @nox.session

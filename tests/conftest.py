@@ -85,3 +85,30 @@ def tiny_dataset(tmp_path_factory, kaggle_folder) -> Path:
     out = tmp_path_factory.mktemp("prepared") / "data"
     prepare(kaggle_folder, out, per_class=10, seed=0, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def shipped_dataset(shared_data, tmp_path_factory) -> Path:
+    """The shipped model's own dataset, prepared again (same seed, same manifest)."""
+    from dogcat.data import prepare
+
+    out = tmp_path_factory.mktemp("bulk") / "dogcat-4k"
+    prepare(shared_data, out, per_class=2000, seed=42, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def int8_model(shipped_dataset, tmp_path_factory) -> Path:
+    """A copy of the shipped model folder with its int8 twin, written by `dogcat export --int8`
+    (once a session: test_int8.py and test_batch.py share it)."""
+    import shutil
+
+    from dogcat.artifacts import MODEL_FILENAME
+    from dogcat.cli import main
+
+    folder = tmp_path_factory.mktemp("model")
+    for item in (REPO / "models").iterdir():
+        if item.is_file():
+            shutil.copy(item, folder / item.name)
+    assert main(["export", str(folder / MODEL_FILENAME), "--int8", "--data", str(shipped_dataset)]) == 0
+    return folder / MODEL_FILENAME

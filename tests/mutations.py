@@ -317,12 +317,12 @@ MUTATIONS = [
         "int8 re-scores no unsure photo in float32", "dogcat/inference.py",
         "doubted = scores.probabilities.max(axis=1) < runtimes.INT8_RECHECK_BELOW",
         "doubted = scores.probabilities.max(axis=1) < 0",
-        ("tests/test_batch.py::test_int8_keeps_float32s_labels_accuracy_and_log_loss_on_real_photos",),
+        ("tests/test_int8.py::test_int8_keeps_float32s_labels_accuracy_and_log_loss_on_real_photos",),
     ),
     Mutation(
         "int8's 'neither' is not judged again on float32's features", "dogcat/inference.py",
         "        if judged is not None:\n            doubted", "        if False:\n            doubted",
-        ("tests/test_batch.py::test_int8_keeps_float32s_labels_accuracy_and_log_loss_on_real_photos",),
+        ("tests/test_int8.py::test_int8_keeps_float32s_labels_accuracy_and_log_loss_on_real_photos",),
     ),
     Mutation(
         "batch re-runs files already in the output", "dogcat/batch.py",
