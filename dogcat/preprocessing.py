@@ -284,7 +284,7 @@ def _decode_cost(image: Image.Image, header_size: tuple[int, int], square: int |
                  max_side: int | None = None) -> int:
     """Bytes a decode of `image` (opened, drafted, not yet loaded) holds at its peak, from its header.
 
-    Measured against the real peak for each mode and format in tests/test_decode_hardening.py.
+    Measured against the real peak for each mode and format in tests/test_preprocessing_limits.py.
     """
     width, height = image.size  # after any draft: what will actually be decoded
     cost = width * height * (_PIXEL_BYTES.get(image.mode, 4) + _DECODER_PIXEL_BYTES.get(image.format, 0))

@@ -1,8 +1,10 @@
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -406,3 +408,88 @@ def test_app_on_a_busy_port_says_to_pick_another_in_one_line(capsys, monkeypatch
     assert capsys.readouterr().err.strip().splitlines() == [
         f"dogcat: error: Cannot serve on 127.0.0.1:{port} (Address already in use): another program uses it; "
         f"pick a free one with --port N. Received: port={port}"]
+
+
+# --- names that are not UTF-8, and overlays that cannot be written, never cost a row ---------------
+
+
+@pytest.fixture
+def latin1_folder(tmp_path) -> Path:
+    """A photo named in Latin-1 (`caf\\xe9.jpg`, as in old zips), beside one named in UTF-8."""
+    from tests.imagegen import write_pet
+
+    folder = tmp_path / "photos"
+    write_pet(folder / "chat-é.jpg", "cat", 0)
+    write_pet(os.fsdecode(bytes(folder) + b"/caf\xe9.jpg"), "cat", 1)
+    return folder
+
+
+@pytest.mark.parametrize("form", ["--csv", "--json", "table"])
+def test_a_file_name_that_is_not_utf8_is_written_as_printable_utf8(latin1_folder, tiny_model_dir, tmp_path, capsys, form):
+    """The name's bytes reached CSV (pandas could not read it), lone surrogates reached JSON, and a strict
+    UTF-8 stdout raised; --explain raised in `overlay_filename` and lost the rows."""
+    import io
+    import json
+
+    import pandas as pd
+
+    from dogcat.cli import main
+
+    explain = tmp_path / "overlays"
+    args = ["predict", str(latin1_folder), "--model", str(tiny_model_dir), "--runtime", "keras", "--explain", str(explain)]
+    assert main(args + ([] if form == "table" else [form])) == 0
+    out = capsys.readouterr().out
+    out.encode("utf-8")  # strictly: a strict UTF-8 stdout takes it
+    shown = f"{latin1_folder}/caf\\xe9.jpg"
+    if form == "--csv":
+        rows = pd.read_csv(io.BytesIO(out.encode("utf-8")), encoding="utf-8")
+        assert sorted(rows["path"]) == sorted([shown, f"{latin1_folder}/chat-é.jpg"])
+    elif form == "--json":
+        rows = [json.loads(line) for line in out.splitlines()]
+        assert sorted(row["path"] for row in rows) == sorted([shown, f"{latin1_folder}/chat-é.jpg"])
+        assert all(row["explanation"] for row in rows)
+    else:
+        assert shown in out
+    assert len(list(explain.glob("*.png"))) == 2
+
+
+def test_explain_into_a_folder_that_cannot_be_written_is_one_line_before_any_work(tiny_model_dir, tmp_path, capsys):
+    from dogcat.cli import main
+    from tests.imagegen import write_pet
+
+    photo = write_pet(tmp_path / "cat.jpg", "cat", 0)
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if os.access(locked, os.W_OK):  # root writes anywhere, except in what the kernel makes up
+        locked = Path("/proc/1")
+    try:
+        assert main(["predict", str(photo), "--model", str(tiny_model_dir), "--explain", str(locked)]) == 2
+    finally:
+        (tmp_path / "locked").chmod(0o700)
+    err = capsys.readouterr().err
+    assert "Cannot write overlays into the --explain folder" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_overlays_that_stop_being_writable_mid_run_lose_no_row(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    """A disk that fills up mid-run: a traceback lost every row after it."""
+    import json
+
+    import dogcat.explain
+    from dogcat.cli import main
+    from tests.imagegen import write_pet
+
+    photos = [str(write_pet(tmp_path / f"cat{i}.jpg", "cat", i)) for i in range(3)]
+
+    def full(*_, **__):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(dogcat.explain, "write_overlays", full)
+    assert main(["predict", *photos, "--model", str(tiny_model_dir), "--runtime", "keras", "--json",
+                 "--explain", str(tmp_path / "overlays")]) == 0
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert [row["path"] for row in rows] == photos
+    assert all(row["explanation"] is None and row["verdict"] for row in rows)
+    assert captured.err.count("No space left on device") == 1

@@ -4,14 +4,27 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 import shutil
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from dogcat.data import LABELS, MANIFEST_FIELDS, SPLITS, DataError, prepare, read_split
+from dogcat.data import (
+    LABELS,
+    MANIFEST_FIELDS,
+    SPLITS,
+    DataError,
+    expand_paths,
+    list_image_files,
+    prepare,
+    read_split,
+)
 from tests.imagegen import encode, make_pet, write_pet
 
 N_GOOD = 12  # usable images per class in every generated source
@@ -289,3 +302,59 @@ def test_read_split_without_a_manifest_uses_the_folder_tree(kaggle, tmp_path):
     assert sorted(zip(from_tree.paths, from_tree.labels.tolist(), strict=True)) == sorted(
         zip(from_manifest.paths, from_manifest.labels.tolist(), strict=True)
     )
+
+
+# --- hostile folders: link loops and very deep trees never cost a photo -----------------------------
+
+
+def test_a_glob_does_not_follow_links_to_folders(tmp_path):
+    """`**` entered `self -> .` 40 times over (one photo, 41 paths; two such links: 2^40)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "cat.jpg").write_bytes(b"x")
+    (tmp_path / "self").symlink_to(".")
+    found, missing = expand_paths([f"{tmp_path}/**/*.jpg"])
+    assert found == [f"{tmp_path}/a/cat.jpg"]
+    assert missing == []
+
+
+def test_a_glob_over_two_links_to_the_same_folder_finishes(tmp_path):
+    (tmp_path / "cat.jpg").write_bytes(b"x")
+    (tmp_path / "one").symlink_to(".")
+    (tmp_path / "two").symlink_to(".")
+    # In a child with a deadline: before the fix this listed 2^40 paths (minutes, then memory).
+    code = "from dogcat.data import expand_paths; print(expand_paths(['**/*.jpg']))"
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert result.stdout.strip() == "(['cat.jpg'], [])", result.stderr[-500:]
+    assert time.monotonic() - started < 30
+
+
+def test_a_very_deep_folder_is_listed(tmp_path):
+    """Python 3.11's os.walk recurses: 1,500 nested folders raised RecursionError and listed nothing."""
+    deep = tmp_path
+    for _ in range(1500):  # os.makedirs recurses too
+        deep = deep / "d"
+        deep.mkdir()
+    (deep / "cat.jpg").write_bytes(b"x")
+    try:
+        files, unreadable = list_image_files(tmp_path)
+        assert files == [deep / "cat.jpg"]
+        assert unreadable == []
+    finally:  # by hand, bottom up: shutil.rmtree (pytest's clean-up) recurses as well
+        (deep / "cat.jpg").unlink()
+        while deep != tmp_path:
+            deep.rmdir()
+            deep = deep.parent
+
+
+def test_the_same_photo_by_relative_and_absolute_path_is_listed_once(tmp_path, monkeypatch):
+    """`photos` then `/abs/photos`: each photo was classified twice, and a rerun with the other spelling redid all."""
+    from dogcat.batch import list_files
+
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_bytes(b"x")
+    (tmp_path / "link.jpg").symlink_to(tmp_path / "photos" / "cat.jpg")
+    monkeypatch.chdir(tmp_path)
+    assert expand_paths(["photos", f"{tmp_path}/photos/cat.jpg", "./photos/*.jpg", "link.jpg"]) == (["photos/cat.jpg"], [])
+    assert list_files(["photos/cat.jpg"]) == list_files([f"{tmp_path}/photos"]) == [f"{tmp_path}/photos/cat.jpg"]

@@ -317,7 +317,7 @@ def test_twenty_clients_asking_for_the_same_examples_overlay_all_get_it(demo_url
 def test_the_served_demo_refuses_uploads_over_50_mib_before_storing_them(demo_url):
     """Gradio's own upload route enforces dogcat's MAX_FILE_BYTES (launch's max_file_size): the
     server stops reading at the limit and answers 413, so a huge upload never reaches the disk
-    or the decoder (Streamlit's twin: --server.maxUploadSize, tests/test_decode_hardening.py)."""
+    or the decoder (Streamlit's twin: --server.maxUploadSize, tests/test_preprocessing_limits.py)."""
     import httpx
 
     from dogcat.preprocessing import MAX_FILE_BYTES

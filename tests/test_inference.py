@@ -140,3 +140,113 @@ def test_onnx_predict_scores_batches_on_every_core_at_once_in_input_order(monkey
     peak[0] = 0
     classifier.predict(sources[:2])  # fewer photos than a batch: split over two threads
     assert peak[0] == 2, peak
+
+
+# --- damaged or extreme model settings and weights never become a verdict -------------------------
+
+
+def test_a_model_config_out_of_range_is_said_and_the_defaults_serve(tmp_path, tiny_model_dir, capsys):
+    """`predict.batch_size = 1e8` beside a model took predict to 22 GB; an invalid value was dropped silently."""
+    import shutil
+
+    from dogcat.cli import main
+    from dogcat.inference import Classifier
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "config.toml").write_text("[predict]\nbatch_size = 100000000\n")
+    classifier = Classifier.from_path(model, runtime="keras")
+    assert classifier.batch_size == 32
+    assert any("predict.batch_size must be in [1, 128]" in w for w in classifier.warnings)
+    photo = tmp_path / "cat.png"
+    from tests.imagegen import write_pet
+
+    write_pet(photo, "cat", 0)
+    assert main(["predict", str(photo), "--model", str(model), "--runtime", "keras", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "config.toml beside the model is not used (predict.batch_size must be in [1, 128]" in err
+
+
+@pytest.fixture(scope="module")
+def nan_model(tmp_path_factory, tiny_model_dir):
+    """The tiny model with one NaN in its last layer's kernel, saved as a run saves it, plus a good ONNX twin made
+    before the damage then damaged the same way (as an export made before the check would be)."""
+    import shutil
+
+    import keras
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from dogcat.export import export_onnx
+
+    folder = tmp_path_factory.mktemp("nan_model")
+    for name in ("dog_cat_classifier.keras", "class_names.pkl"):
+        shutil.copy(tiny_model_dir / name, folder / name)
+    model = keras.saving.load_model(folder / "dog_cat_classifier.keras")
+    layer = model.layers[-1]
+    kernel, bias = layer.get_weights()
+    kernel[0, 0] = np.nan
+    layer.set_weights([kernel, bias])
+    model.save(folder / "dog_cat_classifier.keras")
+    good = tmp_path_factory.mktemp("good_twin")
+    for name in ("dog_cat_classifier.keras", "class_names.pkl"):
+        shutil.copy(tiny_model_dir / name, good / name)
+    export_onnx(good / "dog_cat_classifier.keras")
+    graph = onnx.load(good / "dog_cat_classifier.onnx")
+    for initializer in graph.graph.initializer:  # every weight NaN: whichever is the kernel
+        array = numpy_helper.to_array(initializer)
+        if array.dtype == np.float32 and array.size > 1:
+            initializer.CopyFrom(numpy_helper.from_array(np.full_like(array, np.nan), initializer.name))
+    from dogcat.artifacts import file_sha256
+
+    for prop in graph.metadata_props:  # tied to the damaged .keras, as its own export would be
+        if prop.key == "dogcat_keras_sha256":
+            prop.value = file_sha256(folder / "dog_cat_classifier.keras")
+    onnx.save(graph, folder / "dog_cat_classifier.onnx")
+    return folder
+
+
+@pytest.mark.parametrize("runtime", ["keras", "onnx", "auto"])
+def test_a_model_with_nan_weights_is_refused_in_one_line(nan_model, tmp_path, capsys, runtime):
+    """A NaN model was served: `"cat": NaN` (invalid JSON), "unsure"/"cat" verdicts."""
+    from dogcat.cli import main
+    from tests.imagegen import write_pet
+
+    photo = write_pet(tmp_path / "cat.jpg", "cat", 0)
+    code = main(["predict", str(photo), "--model", str(nan_model), "--runtime", runtime, "--json"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert captured.out == ""
+    assert len(captured.err.strip().splitlines()) == 1
+    assert "non-finite" in captured.err
+
+
+def test_export_refuses_a_model_with_nan_weights(nan_model, capsys):
+    from dogcat.cli import main
+
+    assert main(["export", str(nan_model / "dog_cat_classifier.keras")]) == 2
+    err = capsys.readouterr().err
+    assert "non-finite weights" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_non_finite_probability_is_an_error_row_and_json_stays_strict(tiny_model_dir, tmp_path):
+    """Per row, whatever the runtime: weights damaged after loading (or a runtime's overflow) never become a verdict."""
+    import json
+
+    import keras
+    import numpy as np
+
+    from dogcat.artifacts import load_class_names, strict_json
+    from dogcat.inference import NON_FINITE, Classifier
+    from tests.imagegen import write_pet
+
+    model = keras.saving.load_model(tiny_model_dir / "dog_cat_classifier.keras")
+    kernel, bias = model.layers[-1].get_weights()
+    model.layers[-1].set_weights([kernel, np.full_like(bias, np.inf)])
+    classifier = Classifier(model, load_class_names(tiny_model_dir / "class_names.pkl"))
+    [prediction] = classifier.predict([write_pet(tmp_path / "cat.jpg", "cat", 0)])
+    assert prediction.error == NON_FINITE
+    assert prediction.verdict is None
+    assert json.loads(strict_json({"p": float("nan"), "q": [float("inf"), 1.0]})) == {"p": None, "q": [None, 1.0]}
