@@ -211,7 +211,7 @@ MUTATIONS = [
     Mutation(
         "neither does not say it is not a house cat", "dogcat/verdict.py",
         '        said += f", not {PET_NAMES[label]}"', "        pass",
-        ("tests/test_detector.py::test_neither_says_what_it_sees_when_imagenet_and_the_classifier_disagree",),
+        ("tests/test_verdict.py::test_neither_says_what_it_sees_when_imagenet_and_the_classifier_disagree",),
     ),
     Mutation(
         "the detector's doubt is not a verdict", "dogcat/verdict.py",

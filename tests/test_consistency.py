@@ -1,5 +1,5 @@
 """One model, one answer on every path: the same photos through the Classifier, `dogcat predict --json` and
-`--csv`, the Gradio and Streamlit apps (and, in test_bulk.py, `dogcat batch`) give the same verdict, label and
+`--csv`, the Gradio and Streamlit apps (and, in test_batch.py, `dogcat batch`) give the same verdict, label and
 probabilities, with a model whose config.toml is not the defaults (a path that dropped it would differ)."""
 
 from __future__ import annotations

@@ -29,9 +29,6 @@ from dogcat.verdict import (
     DOG,
     NEITHER,
     UNSURE,
-    LooksLike,
-    Prediction,
-    hint,
 )
 from tests.helpers import DEV_PHOTOS, REPO, model_folder_copy
 
@@ -206,21 +203,6 @@ def test_looks_like_uses_everyday_names_and_keeps_the_imagenet_id():
     detector, rng = _imagenet_only(_head_reading(tabby.index + imagenet_groups.HEAD_OFFSET))
     seen = detector.judge(_near_but_read_by_imagenet(rng, 1)).looks_like[0]
     assert (seen.name, seen.animal, seen.imagenet_id, seen.group) == ("tabby cat", CAT, tabby.wnid, "house_cat")
-
-
-def test_neither_says_what_it_sees_when_imagenet_and_the_classifier_disagree():
-    cougar = LooksLike("cougar", 0.85, None, COUGAR, "wild_cat")
-    assert hint(NEITHER, cougar, CAT) == "looks like a cougar (85%), not a house cat"
-    assert hint(NEITHER, LooksLike("horse", 0.7, None, "n02389026", "ungulate"), DOG) == "looks like a horse (70%), not a dog"
-    assert hint(NEITHER, LooksLike("sports car", 0.5, None, "n04285008", "artifact"), CAT) == "looks like a sports car (50%)"
-    assert hint(UNSURE, LooksLike("grey wolf", 0.7, None, "n02114367", "wild_canine"), DOG) == "looks like a grey wolf (70%)"
-    prediction = Prediction("a.jpg", {"cat": 0.9, "dog": 0.1}, verdict=NEITHER, text="Neither a cat nor a dog",
-                            size=(300, 300), looks_like=cougar)
-    assert prediction.sentence == "Neither a cat nor a dog: looks like a cougar (85%), not a house cat"
-    row = prediction.as_row(["cat", "dog"])
-    assert row["reason"] == "looks like a cougar (85%), not a house cat"
-    assert [row[key] for key in ("looks_like", "p_looks_like", "looks_like_id", "looks_like_group")] == [
-        "cougar", 0.85, COUGAR, "wild_cat"]
 
 
 def test_a_head_that_no_longer_reads_imagenet_is_not_used(tiny_model_dir, tmp_path):

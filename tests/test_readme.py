@@ -4,7 +4,7 @@ Each line of each ```bash block is checked by bash itself (`bash -n`), each `dog
 by dogcat's own argument parser, and each path into this checkout it names must exist. The cheap
 ones, which need nothing but the checkout, are run as printed, from a fresh folder; the rest need
 what a newcomer brings (their photos, a dataset, a cluster, a bucket) and are run by the tests
-of those features (the cluster recipe by tests/test_bulk.py, the serve lines by tests/test_serve.py).
+of those features (the cluster recipe by tests/test_batch.py, the serve lines by tests/test_serve.py).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from dogcat.artifacts import DETECTOR_FILENAME
+from dogcat.detector import COUGAR
 from dogcat.inference import Classifier
 from dogcat.verdict import (
     CAT,
@@ -19,6 +20,7 @@ from dogcat.verdict import (
     TOO_SMALL,
     UNSURE,
     LooksLike,
+    Prediction,
     VerdictRules,
     decide,
     describe,
@@ -65,6 +67,21 @@ def test_the_hint_says_what_it_looks_like_only_where_that_says_something():
     assert hint(DOG, LooksLike("pillow", 0.06)) is None
     assert hint(TOO_SMALL, tiger) is None
     assert hint(NEITHER, None) is None
+
+
+def test_neither_says_what_it_sees_when_imagenet_and_the_classifier_disagree():
+    cougar = LooksLike("cougar", 0.85, None, COUGAR, "wild_cat")
+    assert hint(NEITHER, cougar, CAT) == "looks like a cougar (85%), not a house cat"
+    assert hint(NEITHER, LooksLike("horse", 0.7, None, "n02389026", "ungulate"), DOG) == "looks like a horse (70%), not a dog"
+    assert hint(NEITHER, LooksLike("sports car", 0.5, None, "n04285008", "artifact"), CAT) == "looks like a sports car (50%)"
+    assert hint(UNSURE, LooksLike("grey wolf", 0.7, None, "n02114367", "wild_canine"), DOG) == "looks like a grey wolf (70%)"
+    prediction = Prediction("a.jpg", {"cat": 0.9, "dog": 0.1}, verdict=NEITHER, text="Neither a cat nor a dog",
+                            size=(300, 300), looks_like=cougar)
+    assert prediction.sentence == "Neither a cat nor a dog: looks like a cougar (85%), not a house cat"
+    row = prediction.as_row(["cat", "dog"])
+    assert row["reason"] == "looks like a cougar (85%), not a house cat"
+    assert [row[key] for key in ("looks_like", "p_looks_like", "looks_like_id", "looks_like_group")] == [
+        "cougar", 0.85, COUGAR, "wild_cat"]
 
 
 # --- the shipped model's verdicts, on real photos -------------------------------------------
