@@ -2,7 +2,7 @@
 
     python benchmarks/serve.py [--files 2000] [--clients 32] [--runtime onnx] [--source KAGGLE_TRAIN_DIR]
                                [--latency-requests 200] [--rss-requests 10000] [--burst 200]
-    python benchmarks/serve.py --scale-out [--files 2000] [--clients 32] [--runtime onnx] [--rounds 2]
+    python benchmarks/serve.py --scale-out [--files 2000] [--clients 32] [--runtime onnx] [--rounds 2] [--per-request 8]
 
 On the same `--files` Kaggle photos and the same runtime:
 - `dogcat predict --csv` on a folder of them, a fresh process timed from start to exit (the batch
@@ -24,7 +24,9 @@ does (`ray start --num-cpus 1`, each node pinned to its own core). The deploying
 clients sit on the head's core, so one node is one core for everything and two nodes are two. Each
 cluster takes a warm-up pass (`--clients` x 4 requests) once every replica is up, then the same
 `--clients` clients send the same `--files` photos through Ray Serve's proxy: the rate after
-start-up. The two alternate over `--rounds`, so drift in the machine's load hits both alike.
+start-up, one photo a request, then `--per-request` photos a request (/v1/classify/batch: Ray Serve's
+proxy and replica pay their cost per request, not per photo). The two alternate over `--rounds`, so
+drift in the machine's load hits both alike.
 """
 
 from __future__ import annotations
@@ -128,8 +130,9 @@ def serve_command(port: int, runtime: str) -> list[str]:
     return [sys.executable, "-m", "dogcat", "serve", "--model", str(MODEL), "--runtime", runtime, "--port", str(port)]
 
 
-async def _load(url: str, photos: list[bytes], clients: int) -> tuple[float, dict[int, int], list[float]]:
+async def _load(url: str, photos: list[bytes], clients: int, per_request: int = 1) -> tuple[float, dict[int, int], list[float]]:
     """Send every photo once from `clients` concurrent clients: (seconds, statuses, each request's seconds).
+    `per_request` > 1: that many photos a request, to /v1/classify/batch (statuses count requests).
 
     aiohttp, not httpx: the clients share the server's two cores, and httpx's client spent 3.7 ms of CPU
     a request (a third of what the server spends classifying the photo), aiohttp 0.2 ms. A load generator
@@ -137,7 +140,7 @@ async def _load(url: str, photos: list[bytes], clients: int) -> tuple[float, dic
     it cost."""
     import aiohttp
 
-    queue = list(reversed(photos))
+    queue = [photos[i : i + per_request] for i in range(0, len(photos), per_request)][::-1]
     statuses: dict[int, int] = {}
     latencies: list[float] = []
     connector = aiohttp.TCPConnector(limit=clients)
@@ -145,10 +148,16 @@ async def _load(url: str, photos: list[bytes], clients: int) -> tuple[float, dic
     async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as http:
         async def client() -> None:
             while queue:
-                photo = queue.pop()
+                group = queue.pop()
+                if per_request == 1:
+                    route, body, headers = "/v1/classify", group[0], {"content-type": "image/jpeg"}
+                else:
+                    route, body, headers = "/v1/classify/batch", aiohttp.FormData(), None
+                    for number, photo in enumerate(group):
+                        body.add_field("files", photo, filename=f"{number}.jpg", content_type="image/jpeg")
                 started = time.perf_counter()
                 try:
-                    async with http.post("/v1/classify", data=photo, headers={"content-type": "image/jpeg"}) as answer:
+                    async with http.post(route, data=body, headers=headers) as answer:
                         await answer.read()
                         status = answer.status
                 except (aiohttp.ClientError, TimeoutError):
@@ -164,9 +173,9 @@ async def _load(url: str, photos: list[bytes], clients: int) -> tuple[float, dic
 CLIENT_CPU: list[float] = []  # the load generator's CPU seconds a request, per load() call
 
 
-def load(url: str, photos: list[bytes], clients: int) -> tuple[float, dict[int, int], list[float]]:
+def load(url: str, photos: list[bytes], clients: int, per_request: int = 1) -> tuple[float, dict[int, int], list[float]]:
     cpu = time.process_time()
-    result = asyncio.run(_load(url, photos, clients))
+    result = asyncio.run(_load(url, photos, clients, per_request))
     CLIENT_CPU.append((time.process_time() - cpu) / max(1, len(photos)))
     return result
 
@@ -204,8 +213,9 @@ def _serve_on_ray(address: str, replicas: int, runtime: str, log: Path) -> tuple
     return process, url
 
 
-def scale_out(photos: list[bytes], clients: int, runtime: str, rounds: int) -> list[str]:
-    """Markdown rows: Ray Serve on one 1-CPU node against two, the same photos and clients, after start-up."""
+def scale_out(photos: list[bytes], clients: int, runtime: str, rounds: int, per_request: int) -> list[str]:
+    """Markdown rows: Ray Serve on one 1-CPU node against two, the same photos and clients, after start-up,
+    one photo a request and `per_request` a request (/v1/classify/batch) on the same cluster."""
     import signal
 
     from benchmarks.batch import _ray_node, _wait_nodes
@@ -215,7 +225,8 @@ def scale_out(photos: list[bytes], clients: int, runtime: str, rounds: int) -> l
     os.environ["RAY_AUTH_MODE"] = "token"
     subprocess.run([ray, "get-auth-token", "--generate"], capture_output=True)
     os.sched_setaffinity(0, {0})  # the clients share the head's core: one node is one core for everything
-    rates: dict[int, list[float]] = {1: [], 2: []}
+    shapes = (1, per_request)
+    rates: dict[tuple[int, int], list[float]] = {(n, shape): [] for n in (1, 2) for shape in shapes}
     startup: dict[int, list[float]] = {1: [], 2: []}
     warm = (photos * (4 * clients // len(photos) + 1))[: 4 * clients]
     with tempfile.TemporaryDirectory(prefix="dogcat-serve-scale-") as work:
@@ -234,12 +245,14 @@ def scale_out(photos: list[bytes], clients: int, runtime: str, rounds: int) -> l
                     server, url = _serve_on_ray(address, nodes, runtime, Path(work) / f"serve-{round_number}-{nodes}.log")
                     startup[nodes].append(time.perf_counter() - started)
                     load(url, warm, clients)
-                    seconds, statuses, _ = load(url, photos, clients)
-                    if statuses.get(200) != len(photos):
-                        sys.exit(f"Ray Serve on {nodes} node(s) failed requests: {statuses}")
-                    rates[nodes].append(len(photos) / seconds)
-                    print(f"  round {round_number + 1}, {nodes} node(s): {rates[nodes][-1]:.1f} photos/s after "
-                          f"{startup[nodes][-1]:.0f} s of start-up", flush=True)
+                    for shape in shapes:
+                        seconds, statuses, _ = load(url, photos, clients, shape)
+                        if statuses.get(200) != -(-len(photos) // shape):
+                            sys.exit(f"Ray Serve on {nodes} node(s) failed requests: {statuses}")
+                        rates[nodes, shape].append(len(photos) / seconds)
+                        print(f"  round {round_number + 1}, {nodes} node(s), {shape} photo(s) a request: "
+                              f"{rates[nodes, shape][-1]:.1f} photos/s after {startup[nodes][-1]:.0f} s of start-up",
+                              flush=True)
                 finally:
                     if server is not None:
                         server.terminate()  # SIGTERM: the deployment is deleted, then it exits
@@ -251,19 +264,21 @@ def scale_out(photos: list[bytes], clients: int, runtime: str, rounds: int) -> l
                         os.killpg(node.pid, signal.SIGTERM)
                     for node in reversed(cluster):
                         node.wait(timeout=60)
-    median = {n: statistics.median(rates[n]) for n in (1, 2)}
+    median = {key: statistics.median(values) for key, values in rates.items()}
     return [
         f"{len(photos)} Kaggle photos, {clients} concurrent clients, runtime {runtime}, `dogcat serve --address` "
         "(Ray Serve, one replica of one CPU per node); clients and deployer on the head's core.",
         "",
-        "| cluster | photos/s after start-up (median of rounds) | per round | start-up to every replica up, s |",
-        "|---|---|---|---|",
-        *(f"| {n} node(s) of 1 CPU, {n} replica(s) | {median[n]:.1f} | "
-          f"{', '.join(f'{rate:.1f}' for rate in rates[n])} | {', '.join(f'{s:.0f}' for s in startup[n])} |"
-          for n in (1, 2)),
+        "| cluster | photos a request | photos/s after start-up (median of rounds) | per round | "
+        "start-up to every replica up, s |",
+        "|---|---|---|---|---|",
+        *(f"| {n} node(s) of 1 CPU, {n} replica(s) | {shape} | {median[n, shape]:.1f} | "
+          f"{', '.join(f'{rate:.1f}' for rate in rates[n, shape])} | {', '.join(f'{s:.0f}' for s in startup[n])} |"
+          for shape in shapes for n in (1, 2)),
         "",
-        f"Two nodes / one: **{median[2] / median[1]:.2f}x** (target >= 1.7x; per round: "
-        f"{', '.join(f'{b / a:.2f}x' for a, b in zip(rates[1], rates[2], strict=True))}).",
+        *(f"- {shape} photo(s) a request: two nodes / one **{median[2, shape] / median[1, shape]:.2f}x** "
+          f"(target >= 1.7x; per round: {', '.join(f'{b / a:.2f}x' for a, b in zip(rates[1, shape], rates[2, shape], strict=True))})."
+          for shape in shapes),
     ]
 
 
@@ -294,6 +309,8 @@ def main() -> None:
     parser.add_argument("--scale-out", action="store_true",
                         help="only Ray Serve (`dogcat serve --address`) on one 1-CPU node against two")
     parser.add_argument("--rounds", type=int, default=2, help="with --scale-out: alternations of one and two nodes")
+    parser.add_argument("--per-request", type=int, default=8,
+                        help="with --scale-out: also measure this many photos a request, to /v1/classify/batch")
     parser.add_argument("--naive-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.naive_server:
@@ -305,11 +322,12 @@ def main() -> None:
         sys.exit(f"only {len(paths)} photos in {args.source}")
     photos = [path.read_bytes() for path in paths]
     if args.scale_out:
-        text = "\n".join([*scale_out(photos, args.clients, args.runtime, args.rounds), "", load_note(load_start)])
+        text = "\n".join([*scale_out(photos, args.clients, args.runtime, args.rounds, args.per_request), "",
+                          load_note(load_start)])
         print(text)
         write_section("Serving: Ray Serve scale-out, 1 vs 2 one-CPU nodes",
                       f"python benchmarks/serve.py --scale-out --files {args.files} --clients {args.clients} "
-                      f"--runtime {args.runtime} --rounds {args.rounds}", text,
+                      f"--runtime {args.runtime} --rounds {args.rounds} --per-request {args.per_request}", text,
                       packages=("onnxruntime", "ray", "fastapi", "aiohttp", "numpy"))
         return
     lines = []
