@@ -609,7 +609,8 @@ MUTATIONS = [
     Mutation(
         "** follows links to folders again", "dogcat/data.py",
         "            matches = sorted(glob_paths(pattern))", "            matches = sorted(glob.glob(pattern, recursive=True))",
-        ("tests/test_data.py::test_a_glob_does_not_follow_links_to_folders",),
+        # One link's 41 paths are one photo once listed (realpath dedupe): two links' 2^40 are what it breaks.
+        ("tests/test_data.py::test_a_glob_over_two_links_to_the_same_folder_finishes",),
     ),
     Mutation(
         "a file named twice is listed twice", "dogcat/data.py",
