@@ -195,28 +195,10 @@ def run_batch(paths: list[str], out_dir: str, model_path: str | Path | None = No
         )
         log(f"dogcat: {len(todo)} file(s) to classify: {plan.actors} actor(s) of {plan.actor_cpus:g} CPU "
             f"(decoding, then ONNX Runtime on {plan.threads} thread(s)), Parquet writes of {plan.write_cpus:g} CPU")
-        sink, sink_path = _filesystem(out_dir)
-        with _warnings.catch_warnings():  # Ray warns that a custom list is matched as a regex: none is
-            _warnings.simplefilter("ignore", DeprecationWarning)
-            # No Ray retries of a write (ten, backing off up to 32 s): the filesystem's own bounded tries only.
-            io_retries, context.retried_io_errors = context.retried_io_errors, []
         try:
-            scored.write_parquet(sink_path, filesystem=sink, min_rows_per_file=FILES_PER_BLOCK,
-                                 ray_remote_args={"num_cpus": plan.write_cpus})
-        except (ray.exceptions.RayError, OSError) as error:  # what was written is kept: a rerun does the rest
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            lost = [line.strip() for line in str(error).splitlines() if UNREACHABLE in line or _unreachable(line)]
-            if lost:  # the storage, named, rather than Ray's first line
-                reason = lost[0][lost[0].find(UNREACHABLE):] if UNREACHABLE in lost[0] else f"{UNREACHABLE}: {lost[0]}"
-                raise JobStopped(f"the job stopped: {reason[:300]}; the files written so far are kept: rerun the same "
-                                 f"command once it answers. Received: out_dir={out_dir!r}") from error
-            raise JobStopped(f"the job stopped ({type(error).__name__}: {reason[:300]}); the files written so far are "
-                             f"kept: rerun the same command to finish. Received: out_dir={out_dir!r}") from error
+            _write_parquet(scored, out_dir, plan.write_cpus, context)
         finally:
             context.wait_for_min_actors_s = waited
-            with _warnings.catch_warnings():
-                _warnings.simplefilter("ignore", DeprecationWarning)
-                context.retried_io_errors = io_retries
     finally:
         if started_here:
             ray.shutdown()
@@ -224,6 +206,34 @@ def run_batch(paths: list[str], out_dir: str, model_path: str | Path | None = No
     errors = _count_errors(out_dir, {printable(path) for path in todo})
     return BatchReport(len(found), len(found) - len(todo), len(now_done) - len(done), errors, out_dir, retried,
                        len(skipped))
+
+
+def _write_parquet(scored, out_dir: str, write_cpus: float, context) -> None:
+    """Run the job by writing its rows to `out_dir`; a failure is one JobStopped line (the storage
+    named when it is the storage that is gone), and what was written is kept for a rerun."""
+    import ray
+
+    sink, sink_path = _filesystem(out_dir)
+    with _warnings.catch_warnings():  # Ray warns that a custom list is matched as a regex: none is
+        _warnings.simplefilter("ignore", DeprecationWarning)
+        # No Ray retries of a write (ten, backing off up to 32 s): the filesystem's own bounded tries only.
+        io_retries, context.retried_io_errors = context.retried_io_errors, []
+    try:
+        scored.write_parquet(sink_path, filesystem=sink, min_rows_per_file=FILES_PER_BLOCK,
+                             ray_remote_args={"num_cpus": write_cpus})
+    except (ray.exceptions.RayError, OSError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        lost = [line.strip() for line in str(error).splitlines() if UNREACHABLE in line or _unreachable(line)]
+        if lost:  # the storage, named, rather than Ray's first line
+            reason = lost[0][lost[0].find(UNREACHABLE):] if UNREACHABLE in lost[0] else f"{UNREACHABLE}: {lost[0]}"
+            raise JobStopped(f"the job stopped: {reason[:300]}; the files written so far are kept: rerun the same "
+                             f"command once it answers. Received: out_dir={out_dir!r}") from error
+        raise JobStopped(f"the job stopped ({type(error).__name__}: {reason[:300]}); the files written so far are "
+                         f"kept: rerun the same command to finish. Received: out_dir={out_dir!r}") from error
+    finally:
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore", DeprecationWarning)
+            context.retried_io_errors = io_retries
 
 
 def check_address(address: str) -> None:
