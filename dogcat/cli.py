@@ -138,11 +138,21 @@ def _load_classifier(model: Path | None, runtime: str | None = None):
 
 def _parser() -> argparse.ArgumentParser:
     from dogcat import __version__
-    from dogcat.artifacts import BATCH_RUNTIMES, RUNTIMES
 
     parser = argparse.ArgumentParser(prog="dogcat", description="Dog-vs-cat image classifier (MobileNetV2, Keras 3).")
     parser.add_argument("--version", action="version", version=f"dogcat {__version__}")
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    _add_training_commands(commands)
+    _add_prediction_commands(commands)
+    _add_export_commands(commands)
+    _add_app_commands(commands)
+    return parser
+
+
+def _add_training_commands(commands) -> None:
+    """data prepare, train, tune, evaluate: making a model and scoring it."""
+    from dogcat.artifacts import RUNTIMES
 
     data = commands.add_parser("data", help="dataset commands").add_subparsers(required=True, metavar="COMMAND")
     prepare = data.add_parser("prepare", help="check, sample, split and copy a folder of labelled photos")
@@ -181,6 +191,11 @@ def _parser() -> argparse.ArgumentParser:
                           help="also report the share of this folder's photos (no cat, no dog) called neither")
     evaluate.set_defaults(handler=_evaluate)
 
+
+def _add_prediction_commands(commands) -> None:
+    """predict and batch: verdicts for files."""
+    from dogcat.artifacts import BATCH_RUNTIMES, RUNTIMES
+
     predict = commands.add_parser("predict", help="classify image files, folders or globs")
     predict.add_argument("paths", nargs="+", help="files, folders (searched recursively) or glob patterns")
     predict.add_argument("--model", type=Path, help="a .keras file (default: the shipped model)")
@@ -210,6 +225,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="classify again the files whose row in --out holds an error, replacing those rows")
     batch.set_defaults(handler=_batch)
 
+
+def _add_export_commands(commands) -> None:
+    """export and detector fit: what sits beside a model."""
     export = commands.add_parser("export", help="write the ONNX twin of a .keras model beside it (fast CPU inference)")
     export.add_argument("model", type=Path, nargs="?", help=".keras file (default: the shipped model)")
     export.add_argument("--out", type=Path, help="output .onnx path (default: dog_cat_classifier.onnx beside the model)")
@@ -230,6 +248,11 @@ def _parser() -> argparse.ArgumentParser:
     detector_fit.add_argument("--unsure-share", type=float, help="share of them unusual enough to be unsure "
                               "(default: predict.unsure_share, 0.02)")
     detector_fit.set_defaults(handler=_detector_fit)
+
+
+def _add_app_commands(commands) -> None:
+    """app, space build, demo, serve: a model in front of people and programs."""
+    from dogcat.artifacts import RUNTIMES
 
     app = commands.add_parser("app", help="run the Streamlit app in the browser")
     _add_server_arguments(app, port=8501)
@@ -259,7 +282,6 @@ def _parser() -> argparse.ArgumentParser:
                        "or `local` for a Ray started here)")
     serve.add_argument("--replicas", type=_whole_number, help="with --address: copies of the model (default: 1)")
     serve.set_defaults(handler=_serve)
-    return parser
 
 
 def _whole_number(text: str) -> int:
