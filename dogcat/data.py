@@ -260,24 +260,7 @@ def prepare(
     # order kept; only as many are decoded (the costly check) as the sample needs, in the seeded
     # order: `--per-class 100` of 5,000 photos decodes about 200. Where none fails to decode, the
     # sample is the one a check of every file gave (the shipped model's manifest is unchanged).
-    skipped: list[Skipped] = []
-    seen: dict[str, Path] = {}
-    pools: dict[str, list[Candidate]] = {label: [] for label in LABELS}
-    for candidate in tqdm(candidates, desc="reading files", unit="file", disable=not progress):
-        try:
-            data = read_image_bytes(candidate.source)
-        except ImageError as error:
-            skipped.append(Skipped(candidate.source, str(error).removeprefix(f"{candidate.source}: ")))
-            continue
-        digest = hashlib.sha256(data).hexdigest()
-        if not data:
-            skipped.append(Skipped(candidate.source, "empty file"))
-        elif digest in seen:
-            skipped.append(Skipped(candidate.source, f"duplicate of {seen[digest].relative_to(src).as_posix()}"))
-        else:
-            seen[digest] = candidate.source
-            pools[candidate.label].append(candidate)
-
+    pools, skipped = _unique_candidates(candidates, src, progress)
     rng = np.random.default_rng(seed)
     chosen: dict[str, list[GoodImage]] = {}
     decoded = 0
@@ -334,7 +317,36 @@ def prepare(
                 })
             written[split][label] = stop - start
 
-    rows.sort(key=lambda row: (SPLITS.index(str(row["split"])), str(row["label"]), str(row["path"])))
+    manifest = _write_records(out, rows, skipped, src)
+    return PrepareReport(found, skipped, written, manifest, decoded)
+
+
+def _unique_candidates(candidates: list[Candidate], src: Path, progress: bool
+                       ) -> tuple[dict[str, list[Candidate]], list[Skipped]]:
+    """Each label's readable, non-empty files, a duplicate (by sha256) kept only the first time; and the rest, why."""
+    skipped: list[Skipped] = []
+    seen: dict[str, Path] = {}
+    pools: dict[str, list[Candidate]] = {label: [] for label in LABELS}
+    for candidate in tqdm(candidates, desc="reading files", unit="file", disable=not progress):
+        try:
+            data = read_image_bytes(candidate.source)
+        except ImageError as error:
+            skipped.append(Skipped(candidate.source, str(error).removeprefix(f"{candidate.source}: ")))
+            continue
+        digest = hashlib.sha256(data).hexdigest()
+        if not data:
+            skipped.append(Skipped(candidate.source, "empty file"))
+        elif digest in seen:
+            skipped.append(Skipped(candidate.source, f"duplicate of {seen[digest].relative_to(src).as_posix()}"))
+        else:
+            seen[digest] = candidate.source
+            pools[candidate.label].append(candidate)
+    return pools, skipped
+
+
+def _write_records(out: Path, rows: list[dict[str, object]], skipped: list[Skipped], src: Path) -> Path:
+    """manifest.csv (every copied photo, in split, label, path order) and skipped.csv (every file left out, why)."""
+    rows = sorted(rows, key=lambda row: (SPLITS.index(str(row["split"])), str(row["label"]), str(row["path"])))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=MANIFEST_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -346,7 +358,7 @@ def prepare(
     writer.writerow(["path", "reason"])
     writer.writerows([s.source.relative_to(src).as_posix(), s.reason] for s in skipped)
     write_text_atomic(out / "skipped.csv", buffer.getvalue())
-    return PrepareReport(found, skipped, written, manifest, decoded)
+    return manifest
 
 
 @dataclass(frozen=True)
