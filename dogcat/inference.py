@@ -26,12 +26,9 @@ from dogcat.artifacts import RUNTIMES, ArtifactError, load_class_names
 from dogcat.detector import Detector, Judgement, detector_for
 from dogcat.model_folder import ModelFolder
 from dogcat.preprocessing import ImageError, ImageSource, decode_image_with_size, to_model_input
-from dogcat.verdict import Prediction, VerdictRules, decide, describe
+from dogcat.verdict import Prediction, VerdictRules, prediction_for
 
 __all__ = ["Classifier", "Prediction"]  # Prediction lives in dogcat.verdict, kept importable here
-
-
-NON_FINITE = "the model gave a non-finite probability (NaN or infinity): its weights are damaged"
 
 
 class Classifier:
@@ -97,27 +94,14 @@ class Classifier:
         if runtime not in RUNTIMES:
             raise ArtifactError(f"runtime must be one of {RUNTIMES}. Received: runtime={runtime!r}")
         folder = ModelFolder.resolve(model_path)  # first: a mistyped --model must be named, not the class names beside it
-        model_path = folder.keras
-        class_names_path = Path(class_names_path) if class_names_path else folder.class_names
-        class_names = load_class_names(class_names_path)  # before the model: cheap, and refuses bad files early
-        runner, runtime_warning = None, None
-        if runtime != "keras":
-            onnx = runtimes.onnx_runner_for(model_path, int8=runtime == "onnx-int8", threads=threads)
-            if isinstance(onnx, runtimes.OnnxRunner):
-                runner = onnx
-            elif runtime != "auto":
-                raise ArtifactError(f"Cannot use the {runtime} runtime: {onnx}. Received: runtime={runtime!r}")
-            elif folder.onnx().is_file():  # stale or damaged: say why it is slower
-                runtime_warning = f"{onnx}; using Keras instead, which is slower to start and to run"
-        if runner is None:
-            from dogcat.model import load_model
-
-            runner = runtimes.KerasRunner(load_model(model_path))
-        detector, warning = detector_for(model_path)
+        # The class names before the model: cheap, and refuses bad files early.
+        class_names = load_class_names(Path(class_names_path) if class_names_path else folder.class_names)
+        runner, runtime_warning = runtimes.runner_for(folder, runtime, threads)
+        detector, warning = detector_for(folder.keras)
         if detector is not None and not runner.has_features:
             detector = None
             warning = (f"{folder.onnx()} has no features output, so no 'neither' verdicts "
-                       f"(run `dogcat export {model_path}` again)")
+                       f"(run `dogcat export {folder.keras}` again)")
         config_warnings: list[str] = []
         settings = folder.predict_config(config_warnings)
         classifier = cls(runner, class_names, batch_size or settings.batch_size, detector, VerdictRules.from_config(settings))
@@ -242,28 +226,15 @@ class Classifier:
         probabilities, features, maps = scores = self._run(inputs, explain)
         judged = self.detector.judge(features) if self.detector is not None and features is not None else None
         self._recheck_in_float32(inputs, scores, judged, explain)
-        neither, unsure, looks_like = ((judged.neither, judged.unsure, judged.looks_like) if judged is not None
-                                       else ([None] * len(good), np.zeros(len(good), bool), [None] * len(good)))
-        if features is None:
-            features = [None] * len(good)
+        nothing = [None] * len(good)
+        neither, unsure, looks_like = (judged.neither, judged.unsure, judged.looks_like) if judged else (nothing,) * 3
         # Each photo's map for the class it was labelled (argmax), whatever its verdict.
-        heatmaps = [m[..., int(np.argmax(p))] for m, p in zip(maps, probabilities, strict=True)] if explain else [None] * len(good)
-        results = iter(zip(good, probabilities, neither, unsure, looks_like, features, heatmaps, strict=True))
-        predictions = []
-        for name, item in zip(names, decoded, strict=True):
-            if isinstance(item, str):
-                predictions.append(Prediction(name, error=item))
-                continue
-            (_, size), row, is_neither, is_unsure, seen, pooled, heatmap = next(results)
-            if not np.isfinite(row).all() or (pooled is not None and not np.isfinite(pooled).all()):  # never a verdict
-                predictions.append(Prediction(name, error=NON_FINITE))
-                continue
-            named = {self.class_names[c]: float(p) for c, p in enumerate(row)}
-            verdict = decide(named, size, None if is_neither is None else bool(is_neither), rules, bool(is_unsure))
-            text = describe(verdict, named, size, rules)
-            predictions.append(Prediction(name, named, verdict=verdict, text=text, size=size, looks_like=seen,
-                                          features=pooled, heatmap=heatmap))
-        return predictions
+        heatmaps = [m[..., int(np.argmax(p))] for m, p in zip(maps, probabilities, strict=True)] if explain else nothing
+        results = iter(zip(probabilities, neither, unsure, looks_like, nothing if features is None else features,
+                           heatmaps, strict=True))
+        return [Prediction(name, error=item) if isinstance(item, str) else prediction_for(
+                    name, item[1], *next(results), classes=list(self.class_names.values()), rules=rules)
+                for name, item in zip(names, decoded, strict=True)]
 
     def predict_one(self, source: ImageSource) -> Prediction:
         """`predict` for one source: its Prediction, verdict included, or `error` set."""

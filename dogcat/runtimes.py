@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from dogcat.artifacts import checksum_problem, file_sha256, interrupt_requested
+from dogcat.artifacts import ArtifactError, checksum_problem, file_sha256, interrupt_requested
 from dogcat.explain import FEATURE_MAP, LOGIT_GRADIENTS, grad_cam, logit_gradients
 from dogcat.model_folder import ModelFolder
 
@@ -142,6 +142,24 @@ def onnx_runner_for(model_path: Path, int8: bool = False, threads: int = 1) -> O
             return f"the int8 twin needs the float32 one beside it: {twin}"
         runner.float32_twin = twin
     return runner
+
+
+def runner_for(folder: ModelFolder, runtime: str, threads: int = 1) -> tuple[KerasRunner | OnnxRunner, str | None]:
+    """The runner `runtime` asks for in `folder`, and a warning when "auto" fell back to Keras from
+    an ONNX twin that is there but stale or damaged (why it is slower). An explicit ONNX runtime
+    that cannot load is an ArtifactError, never a silent fallback."""
+    if runtime != "keras":
+        onnx = onnx_runner_for(folder.keras, int8=runtime == "onnx-int8", threads=threads)
+        if isinstance(onnx, OnnxRunner):
+            return onnx, None
+        if runtime != "auto":
+            raise ArtifactError(f"Cannot use the {runtime} runtime: {onnx}. Received: runtime={runtime!r}")
+        warning = f"{onnx}; using Keras instead, which is slower to start and to run" if folder.onnx().is_file() else None
+    else:
+        warning = None
+    from dogcat.model import load_model
+
+    return KerasRunner(load_model(folder.keras)), warning
 
 
 def default_workers(runner) -> int:

@@ -23,6 +23,7 @@ from dogcat.printable import printable
 
 CAT, DOG, NEITHER, UNSURE, TOO_SMALL = "cat", "dog", "neither", "unsure", "too_small"
 VERDICTS = (CAT, DOG, NEITHER, UNSURE, TOO_SMALL)
+NON_FINITE = "the model gave a non-finite probability (NaN or infinity): its weights are damaged"
 
 
 class LooksLike(NamedTuple):
@@ -118,6 +119,19 @@ def decide(probabilities: dict[str, float], size: tuple[int, int] | None, is_nei
         return NEITHER
     label = max(probabilities, key=probabilities.__getitem__)
     return label if probabilities[label] >= rules.unsure_below and not is_unsure else UNSURE
+
+
+def prediction_for(name: str, size: tuple[int, int], row: np.ndarray, is_neither: bool | None, is_unsure: bool,
+                   looks_like: LooksLike | None, features: np.ndarray | None, heatmap: np.ndarray | None, *,
+                   classes: list[str], rules: VerdictRules) -> Prediction:
+    """One photo's Prediction from its scores (`row`: a probability per class, in `classes`' order):
+    its verdict and sentence, or NON_FINITE as its error, since NaN must never become a verdict."""
+    if not np.isfinite(row).all() or (features is not None and not np.isfinite(features).all()):
+        return Prediction(name, error=NON_FINITE)
+    named = {label: float(p) for label, p in zip(classes, row, strict=True)}
+    verdict = decide(named, size, None if is_neither is None else bool(is_neither), rules, bool(is_unsure))
+    return Prediction(name, named, verdict=verdict, text=describe(verdict, named, size, rules), size=size,
+                      looks_like=looks_like, features=features, heatmap=heatmap)
 
 
 def describe(verdict: str, probabilities: dict[str, float], size: tuple[int, int] | None,

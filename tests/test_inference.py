@@ -239,7 +239,8 @@ def test_a_non_finite_probability_is_an_error_row_and_json_stays_strict(tiny_mod
     import numpy as np
 
     from dogcat.artifacts import load_class_names, strict_json
-    from dogcat.inference import NON_FINITE, Classifier
+    from dogcat.inference import Classifier
+    from dogcat.verdict import NON_FINITE
     from tests.imagegen import write_pet
 
     model = keras.saving.load_model(tiny_model_dir / "dog_cat_classifier.keras")
