@@ -255,10 +255,6 @@ class Detector:
             unsure |= _margin_over_pets(probabilities, rows) > self.info["lookalike_at"][kind]
         return Judgement(neither, self.head.looks_like(logits), unsure & ~neither)
 
-    def flags(self, features: np.ndarray) -> np.ndarray:
-        """True where a photo is "neither"."""
-        return self.judge(features).neither
-
     def _checked(self, features: np.ndarray) -> np.ndarray:
         features = np.asarray(features, dtype=np.float32)
         if features.ndim != 2 or features.shape[1] != self.width:
@@ -310,16 +306,22 @@ class Detector:
             imagenet = header.get("imagenet_sha256")
             detector = cls(blocks, float(header["threshold"]), str(header["keras_sha256"]), dict(header.get("info", {})),
                            None if imagenet is None else str(imagenet))
-            valid = valid and [(b.name, b.width) for b in blocks] == [tuple(b) for b in expected] and math.isfinite(detector.threshold) and all(
-                b.means.ndim == 2 and b.precision.shape == (b.width, b.width) and np.isfinite(b.precision).all()
-                and np.isfinite(b.means).all() and math.isfinite(b.val_mean) and math.isfinite(b.val_std) and b.val_std > 0
-                for b in blocks
-            ) and _finite_thresholds(detector)
+            valid = valid and _well_formed(detector, expected)
         except Exception as error:  # any damaged or foreign file: refuse it, in one line
             raise ArtifactError(f"Not a dogcat detector file ({type(error).__name__}). Received: path={str(path)!r}") from None
         if not valid:
             raise ArtifactError(f"Not a dogcat detector file (unexpected contents). Received: path={str(path)!r}")
         return detector
+
+
+def _well_formed(detector: Detector, expected: tuple[tuple[str, int], ...]) -> bool:
+    """The blocks the runtimes' features have, square precisions, and every number finite."""
+    blocks = detector.blocks
+    return [(b.name, b.width) for b in blocks] == [tuple(b) for b in expected] and math.isfinite(detector.threshold) and all(
+        b.means.ndim == 2 and b.precision.shape == (b.width, b.width) and np.isfinite(b.precision).all()
+        and np.isfinite(b.means).all() and math.isfinite(b.val_mean) and math.isfinite(b.val_std) and b.val_std > 0
+        for b in blocks
+    ) and _finite_thresholds(detector)
 
 
 def _finite_thresholds(detector: Detector) -> bool:

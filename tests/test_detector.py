@@ -70,7 +70,7 @@ def test_the_thresholds_turn_away_the_chosen_shares_of_the_pets_out_of_fold(fitt
     fresh = detector.judge(_photos(rng, 2000, 0))
     assert 0.005 < fresh.neither.mean() < 0.04  # about the out-of-fold share on new photos like them
     assert 0.05 < (fresh.neither | fresh.unsure).mean() < 0.15  # the unsure band: about 10% more
-    assert detector.flags(_photos(rng, 100, 7)).all()  # a direction no training photo has
+    assert detector.judge(_photos(rng, 100, 7)).neither.all()  # a direction no training photo has
 
 
 def test_each_feature_block_counts(fitted):
@@ -78,7 +78,7 @@ def test_each_feature_block_counts(fitted):
     detector, rng = fitted
     photos = _photos(rng, 50, 0)
     photos[:, 12:] = np.roll(photos[:, 12:], 2, axis=1)  # a trunk pattern neither class has
-    assert detector.flags(photos).mean() > 0.9
+    assert detector.judge(photos).neither.mean() > 0.9
 
 
 def test_detector_round_trips_and_loads_without_pickle(fitted, tmp_path):
@@ -212,7 +212,7 @@ def test_a_head_that_no_longer_reads_imagenet_is_not_used(tiny_model_dir, tmp_pa
     detector = fit_detector(train, np.repeat([0, 1], 100), val, np.repeat([0, 1], len(val) // 2), "f" * 64, BLOCKS, 0.02, 0.02, _fake_head(True), 0.3)
     assert detector.head is None
     assert detector.imagenet_sha256 is None
-    assert detector.flags(_photos(rng, 50, 7)).all()  # the pet reading no longer rescues anything
+    assert detector.judge(_photos(rng, 50, 7)).neither.all()  # the pet reading no longer rescues anything
     folder = tmp_path / "model"
     shutil.copytree(tiny_model_dir, folder)
     detector.keras_sha256 = file_sha256(folder / "dog_cat_classifier.keras")
