@@ -84,10 +84,8 @@ def train(config: Config, run_dir: str | Path | None = None, log: Callable[[str]
     if state is not None:
         saved = load_config(run_dir / CONFIG_FILENAME)
         if saved != config:
-            raise TrainError(
-                f"{run_dir} holds a run with a different config; resume it without overrides or pick a new "
-                f"--run-dir. Received: run_dir={str(run_dir)!r}"
-            )
+            raise TrainError(f"{run_dir} holds a run with a different config; resume it without overrides or pick a "
+                             f"new --run-dir. Received: run_dir={str(run_dir)!r}")
         if state["finished"]:
             raise TrainError(f"This run has already finished. Received: run_dir={str(run_dir)!r}")
         log(f"resuming {run_dir} after epoch {state['epoch']}")

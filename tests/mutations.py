@@ -336,9 +336,9 @@ MUTATIONS = [
         ("tests/test_batch.py::test_batch_on_a_cluster_gives_predicts_rows_and_an_error_row_per_bad_file",),
     ),
     Mutation(
-        "auto falls back to Keras without a word", "dogcat/inference.py",
-        '                runtime_warning = f"{onnx}; using Keras instead, which is slower to start and to run"',
-        "                runtime_warning = None",
+        "auto falls back to Keras without a word", "dogcat/runtimes.py",
+        'warning = f"{onnx}; using Keras instead, which is slower to start and to run" if folder.onnx().is_file() else None',
+        "warning = None",
         ("tests/test_cli.py::test_auto_says_in_one_line_why_it_fell_back_to_keras",),
     ),
     Mutation(
@@ -624,9 +624,9 @@ MUTATIONS = [
         ("tests/test_inference.py::test_a_model_config_out_of_range_is_said_and_the_defaults_serve",),
     ),
     Mutation(
-        "a non-finite probability becomes a verdict", "dogcat/inference.py",
-        "            if not np.isfinite(row).all() or (pooled is not None and not np.isfinite(pooled).all()):",
-        "            if False:",
+        "a non-finite probability becomes a verdict", "dogcat/verdict.py",
+        "    if not np.isfinite(row).all() or (features is not None and not np.isfinite(features).all()):",
+        "    if False:",
         ("tests/test_inference.py::test_a_non_finite_probability_is_an_error_row_and_json_stays_strict",),
     ),
     Mutation(
