@@ -103,3 +103,19 @@ def classify_by_api(client, path: Path, explain: bool = False) -> tuple[str, str
 
     verdict, result, _, looked = client.predict(gradio_client.handle_file(str(path)), explain, api_name="/predict")
     return verdict["label"], result["label"], label_probabilities(result), looked
+
+
+
+def code_objects(path: Path) -> list:
+    """Every code object of a Python file (the module's, each function's and class's), compiled, not parsed
+    into `ast` objects: CPython 3.11 keeps the AST constructor's recursion count in interpreter-wide state
+    (gh-106905), and `ast.parse` in a long test session once failed with a spurious "AST constructor
+    recursion depth mismatch" SystemError. Compiling to bytecode never builds those objects."""
+    import types
+
+    found, todo = [], [compile(path.read_text(encoding="utf-8"), str(path), "exec")]
+    while todo:
+        code = todo.pop()
+        found.append(code)
+        todo.extend(const for const in code.co_consts if isinstance(const, types.CodeType))
+    return found

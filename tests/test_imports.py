@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import ast
+import dis
 
-from tests.helpers import REPO
+from tests.helpers import REPO, code_objects
 
 PACKAGE = REPO / "dogcat"
 
@@ -12,13 +12,15 @@ PACKAGE = REPO / "dogcat"
 def _imports(path) -> set[str]:
     """The dogcat modules a file imports, at module level or inside functions (both can close a circle)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("dogcat"):
-            found.add(node.module)
-            found.update(f"{node.module}.{alias.name}" for alias in node.names)  # `from dogcat import x`
-        elif isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names if alias.name.startswith("dogcat"))
-    return found
+    for code in code_objects(path):
+        module = None
+        for instruction in dis.get_instructions(code):
+            if instruction.opname == "IMPORT_NAME":
+                module = instruction.argval
+                found.add(module)
+            elif instruction.opname == "IMPORT_FROM" and module:  # `from dogcat import x`: the module dogcat.x
+                found.add(f"{module}.{instruction.argval}")
+    return {name for name in found if name.startswith("dogcat")}
 
 
 def import_graph() -> dict[str, set[str]]:

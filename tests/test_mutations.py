@@ -3,16 +3,14 @@ each test it names exists (a refactor that moves the text would otherwise leave 
 
 from __future__ import annotations
 
-import ast
-
 import pytest
 
+from tests.helpers import code_objects
 from tests.mutations import MUTATIONS, REPO
 
 
 def _defined_tests(path) -> set[str]:
-    return {node.name for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.name.startswith("test")}
+    return {code.co_name for code in code_objects(path) if code.co_name.startswith("test")}
 
 
 @pytest.mark.parametrize("mutation", MUTATIONS, ids=lambda m: m.name)
