@@ -6,10 +6,14 @@ import os
 import shutil
 from pathlib import Path
 
+import pytest
+
 TINY_SIZE = 32  # MobileNetV2's smallest input: builds and runs in a fraction of a second
 # Real photos from the Kaggle sample, both in the shipped model's held-out test split.
 REAL_CAT, REAL_DOG = "cat.10086.jpg", "dog.10057.jpg"
 REPO = Path(__file__).resolve().parents[1]
+SHIPPED = REPO / "models"  # the shipped model's folder
+EXAMPLES = REPO / "demos" / "examples"  # real photos that ship with the checkout: a cat, a dog, two neither
 # Photos for measuring verdicts on other domains than Kaggle's (pets-dev, ood-dev): never shipped;
 # tests that read them skip where they are absent.
 DEV_PHOTOS = Path(os.environ.get("DOGCAT_DEV_PHOTOS", REPO.parent / "shared" / "data"))
@@ -119,3 +123,12 @@ def code_objects(path: Path) -> list:
         found.append(code)
         todo.extend(const for const in code.co_consts if isinstance(const, types.CodeType))
     return found
+
+
+def _shipped_detector() -> bool:
+    from dogcat.artifacts import DETECTOR_FILENAME
+
+    return (SHIPPED / DETECTOR_FILENAME).is_file()
+
+
+needs_shipped = pytest.mark.skipif(not _shipped_detector(), reason="no shipped detector")

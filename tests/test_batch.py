@@ -31,9 +31,8 @@ ray = pytest.importorskip("ray", reason="the ray extra is not installed (nox -s 
 
 from dogcat.artifacts import INT8_ONNX_FILENAME, MODEL_FILENAME  # noqa: E402
 from dogcat.cli import main  # noqa: E402
+from tests.helpers import REPO, SHIPPED  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-SHIPPED = REPO / "models"
 SHIPPED_MODEL = SHIPPED / MODEL_FILENAME  # its int8 twin ships beside it
 # `FILE:LINE: CategoryWarning: message`, as Python prints a warning (a Ray worker's line has a prefix).
 _WARNING_LINE = re.compile(r"(?P<file>[^\s()]+\.py):\d+: (?P<category>\w*Warning)\b")

@@ -16,9 +16,8 @@ from PIL import Image, ImageOps
 from dogcat.cli import main
 from dogcat.inference import Classifier
 from dogcat.verdict import UNSURE
-from tests.helpers import REPO
+from tests.helpers import EXAMPLES, REPO
 
-EXAMPLES = REPO / "demos" / "examples"
 THRESHOLD, MIN_SIDE = 0.9, 100  # the defaults are 0.6 and 80: the dog (0.72) and the 90 px cat tell them apart
 
 

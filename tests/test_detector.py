@@ -30,12 +30,7 @@ from dogcat.verdict import (
     NEITHER,
     UNSURE,
 )
-from tests.helpers import DEV_PHOTOS, REPO, model_folder_copy
-
-SHIPPED = REPO / "models"
-EXAMPLES = REPO / "demos" / "examples"
-needs_shipped = pytest.mark.skipif(not (SHIPPED / DETECTOR_FILENAME).is_file(), reason="no shipped detector")
-
+from tests.helpers import DEV_PHOTOS, EXAMPLES, REPO, SHIPPED, model_folder_copy, needs_shipped
 
 # --- the detector -----------------------------------------------------------------------------------
 

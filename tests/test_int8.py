@@ -20,9 +20,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 pytest.importorskip("ray", reason="the ray extra is not installed (nox -s bulk)")
 
 from dogcat.artifacts import MODEL_FILENAME  # noqa: E402
-from tests.helpers import REPO  # noqa: E402
-
-SHIPPED = REPO / "models"
+from tests.helpers import REPO, SHIPPED  # noqa: E402
 
 
 def _outside_photos(shared_data: Path, dataset: Path) -> tuple[list[Path], np.ndarray]:

@@ -36,12 +36,11 @@ from dogcat.inference import Classifier
 from dogcat.preprocessing import MAX_FILE_BYTES
 from dogcat.serve import MicroBatcher, create_app
 from dogcat.verdict import row_columns
+from tests.helpers import EXAMPLES, REPO
 from tests.imagegen import encode, make_huge_png, make_pet
 from tests.servers import free_port
 
-REPO = Path(__file__).resolve().parents[1]
 SHIPPED_MODEL = REPO / "models" / "dog_cat_classifier.keras"
-EXAMPLES = REPO / "demos" / "examples"  # real photos that ship with the checkout: a cat, a dog, two neither
 PHOTOS = {path.name: path.read_bytes() for path in sorted(EXAMPLES.glob("*.jpg"))}
 PHOTOS["drawn.png"] = encode(make_pet("dog", 0, (160, 120)))
 

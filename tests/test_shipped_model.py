@@ -8,9 +8,8 @@ import pytest
 from dogcat.artifacts import CLASS_NAMES, load_class_names
 from dogcat.inference import Classifier
 from dogcat.model_folder import ModelFolder
-from tests.helpers import REPO
+from tests.helpers import REPO, SHIPPED
 
-SHIPPED = REPO / "models"
 pytestmark = pytest.mark.skipif(not (SHIPPED / "dog_cat_classifier.keras").is_file(), reason="no shipped model")
 
 

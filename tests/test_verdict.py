@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dogcat.artifacts import DETECTOR_FILENAME
 from dogcat.detector import COUGAR
 from dogcat.inference import Classifier
 from dogcat.verdict import (
@@ -26,11 +25,7 @@ from dogcat.verdict import (
     describe,
     hint,
 )
-from tests.helpers import REAL_CAT, REAL_DOG, REPO, model_folder_copy
-
-SHIPPED = REPO / "models"
-EXAMPLES = REPO / "demos" / "examples"
-needs_shipped = pytest.mark.skipif(not (SHIPPED / DETECTOR_FILENAME).is_file(), reason="no shipped detector")
+from tests.helpers import EXAMPLES, REAL_CAT, REAL_DOG, model_folder_copy, needs_shipped
 
 
 @pytest.mark.parametrize(
