@@ -413,7 +413,7 @@ def decode_files(batch: dict[str, np.ndarray], image_size: int) -> tuple[list[st
     Local files go through the decoder as paths, one at a time; URIs are read through pyarrow, at
     most MAX_FILE_BYTES, since a bucket can hold anything.
     """
-    from dogcat.inference import decode_sources
+    from dogcat.preprocessing import decode_sources
 
     paths = [str(p) for p in batch["path"]]
     files = [os.fsdecode(bytes(f)) for f in batch["file"]] if "file" in batch else paths

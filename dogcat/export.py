@@ -216,8 +216,7 @@ def fit_detector_beside(model_path: str | Path, data_dir: str | Path, turn_away:
 def _frozen_imagenet_features(paths: list[Path], image_size: int, log) -> np.ndarray | None:
     """The pooled features of MobileNetV2 as ImageNet trained it (no fine-tuning), for `paths`;
     None, with a log line, where Keras or the ImageNet weights are not at hand."""
-    from dogcat.inference import decode_sources
-    from dogcat.preprocessing import to_model_input
+    from dogcat.preprocessing import decode_sources, to_model_input
 
     try:
         import keras

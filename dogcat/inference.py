@@ -25,7 +25,13 @@ from dogcat import runtimes
 from dogcat.artifacts import RUNTIMES, ArtifactError, load_class_names
 from dogcat.detector import Detector, Judgement, detector_for
 from dogcat.model_folder import ModelFolder
-from dogcat.preprocessing import ImageError, ImageSource, decode_image_with_size, to_model_input
+from dogcat.preprocessing import (
+    ImageError,
+    ImageSource,
+    decode_image_with_size,
+    decode_sources,
+    to_model_input,
+)
 from dogcat.verdict import Prediction, VerdictRules, prediction_for
 
 __all__ = ["Classifier", "Prediction"]  # Prediction lives in dogcat.verdict, kept importable here
@@ -244,17 +250,6 @@ class Classifier:
         """{class name: probability} for one image: the network alone, no verdict; raises ImageError in one line."""
         image = to_model_input(decode_image_with_size(source, self.image_size)[0])
         return {self.class_names[c]: float(p) for c, p in enumerate(self.predict_batch(image)[0])}
-
-
-def decode_sources(sources: Sequence[ImageSource], names: Sequence[str], image_size: int) -> list[tuple[np.ndarray, tuple[int, int]] | str]:
-    """Each source as (uint8 image, upright size) for the model, or the one-line reason it could not be read."""
-    decoded: list[tuple[np.ndarray, tuple[int, int]] | str] = []
-    for source, name in zip(sources, names, strict=True):
-        try:
-            decoded.append(decode_image_with_size(source, image_size))
-        except ImageError as error:
-            decoded.append(str(error).removeprefix(f"{name}: ").removeprefix("image: "))
-    return decoded
 
 
 def _describe(source: ImageSource) -> str:

@@ -25,6 +25,7 @@ import os
 import stat
 import threading
 import warnings
+from collections.abc import Sequence
 from typing import IO, Any
 
 import numpy as np
@@ -530,3 +531,17 @@ def _name(source: Any) -> str:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+
+
+def decode_sources(sources: Sequence[ImageSource], names: Sequence[str],
+                   image_size: int) -> list[tuple[np.ndarray, tuple[int, int]] | str]:
+    """Each source as (uint8 image, upright size) for the model, or the one-line reason it could not be read
+    (its name and "image: " left off): what `Classifier.classify_decoded` takes, here so that a bulk job's
+    actors and the int8 calibration decode without importing the inference stack."""
+    decoded: list[tuple[np.ndarray, tuple[int, int]] | str] = []
+    for source, name in zip(sources, names, strict=True):
+        try:
+            decoded.append(decode_image_with_size(source, image_size))
+        except ImageError as error:
+            decoded.append(str(error).removeprefix(f"{name}: ").removeprefix("image: "))
+    return decoded
