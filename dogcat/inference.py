@@ -239,7 +239,7 @@ class Classifier:
         results = iter(zip(probabilities, neither, unsure, looks_like, nothing if features is None else features,
                            heatmaps, strict=True))
         return [Prediction(name, error=item) if isinstance(item, str) else prediction_for(
-                    name, item[1], *next(results), classes=list(self.class_names.values()), rules=rules)
+                    name, item[1], *next(results), classes=self.class_names.values(), rules=rules)
                 for name, item in zip(names, decoded, strict=True)]
 
     def predict_one(self, source: ImageSource) -> Prediction:

@@ -123,7 +123,7 @@ def decide(probabilities: dict[str, float], size: tuple[int, int] | None, is_nei
 
 def prediction_for(name: str, size: tuple[int, int], row: np.ndarray, is_neither: bool | None, is_unsure: bool,
                    looks_like: LooksLike | None, features: np.ndarray | None, heatmap: np.ndarray | None, *,
-                   classes: list[str], rules: VerdictRules) -> Prediction:
+                   classes: Iterable[str], rules: VerdictRules) -> Prediction:
     """One photo's Prediction from its scores (`row`: a probability per class, in `classes`' order):
     its verdict and sentence, or NON_FINITE as its error, since NaN must never become a verdict."""
     if not np.isfinite(row).all() or (features is not None and not np.isfinite(features).all()):
